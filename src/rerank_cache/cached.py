@@ -1,0 +1,199 @@
+"""``CachedReRanker``: the caching layer. Only uncached pairs reach DashScope.
+
+Per call: derive every pair's key (:mod:`rerank_cache.keys`), look them all up in one
+batched read, send only the misses (deduplicated, and never twice at once within a process)
+through the wrapped reranker's scoring path, store each completed request's scores in one
+transaction as soon as it returns (a failure in request 3 of 4 keeps what requests 1-2
+returned), and merge. A cached score is the very float DashScope returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .client import BatchResult, ScoreResult
+from .keys import KeyBuilder
+from .planning import Collected, assemble
+from .protocols import Scorer
+from .reranker import check_topn, nothing_to_score
+from .store import ScoreCache
+
+__all__ = ["CachedReRanker"]
+
+
+class CachedReRanker:
+    """Wraps a reranker so each (model, instruct, query, document) score is fetched once.
+
+    Same interface and properties as the reranker it wraps, so it works anywhere a
+    :class:`QwenReRanker` does, zvec's ``Collection.query(reranker=...)`` included.
+
+    Args:
+        reranker: the reranker to wrap (a :class:`QwenReRanker` or another wrapper).
+        cache: the score store, shared freely between rerankers, threads and processes.
+
+    Example:
+        >>> from rerank_cache import QwenReRanker, ScoreCache
+        >>> import tempfile
+        >>> cache = ScoreCache(tempfile.mkdtemp() + "/scores")
+        >>> reranker = CachedReRanker(
+        ...     QwenReRanker("what is zvec", rerank_field="content", api_key="sk-..."), cache)
+        >>> reranker.with_query("what is diskcache").query
+        'what is diskcache'
+        >>> cache.close()
+    """
+
+    def __init__(self, reranker: Scorer, cache: ScoreCache) -> None:
+        self._reranker = reranker
+        self._cache = cache
+
+    # -- the wrapped reranker's interface ------------------------------------------------
+
+    @property
+    def reranker(self) -> Scorer:
+        """The wrapped reranker."""
+        return self._reranker
+
+    @property
+    def cache(self) -> ScoreCache:
+        """The score store."""
+        return self._cache
+
+    @property
+    def query(self) -> str:
+        """The query documents are scored against."""
+        return self._reranker.query
+
+    @property
+    def topn(self) -> int:
+        """How many documents :meth:`rerank` returns unless told otherwise."""
+        return self._reranker.topn
+
+    @property
+    def rerank_field(self) -> str:
+        """The document field whose text is scored."""
+        return self._reranker.rerank_field
+
+    @property
+    def model(self) -> str:
+        """The DashScope rerank model."""
+        return self._reranker.model
+
+    @property
+    def instruct(self) -> str | None:
+        """The task instruction, if any."""
+        return self._reranker.instruct
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the wrapped reranker offers (usage, limits, base_url...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._reranker, name)
+
+    def __repr__(self) -> str:
+        return f"CachedReRanker({self._reranker!r}, {self._cache!r})"
+
+    def with_query(self, query: str) -> CachedReRanker:
+        """Return a cheap copy for another query, sharing the cache and the client."""
+        return CachedReRanker(self._reranker.with_query(query), self._cache)
+
+    def prepare(self, query_results: Any) -> Collected[Any]:
+        """Deduplicate the documents and compute the exact texts to send (no I/O)."""
+        return self._reranker.prepare(query_results)
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def score_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> ScoreResult:
+        """Score prepared unique texts, sending only the pairs the cache does not hold.
+
+        ``batches`` in the result lists only the requests this call sent.
+        """
+        cache = self._cache
+        model = self._reranker.model
+        builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
+        key_of = {text: builder.key(text) for text in texts}
+        found = cache.get_many(key_of.values())
+        scores: dict[str, float] = {}
+        pending: dict[str, str] = {}
+        for text, key in key_of.items():
+            value = found.get(key)
+            if value is None:
+                pending[key] = text
+            else:
+                scores[text] = value
+        hits = len(scores)
+        sent: list[BatchResult] = []
+        try:
+            if pending:
+                hits += self._fetch(pending, key_of, scores, sent, on_batch)
+        finally:
+            cache.record_lookup(model, hits=hits, misses=len(key_of) - hits)
+        return ScoreResult(scores, tuple(sent))
+
+    def _fetch(
+        self,
+        pending: dict[str, str],
+        key_of: dict[str, str],
+        scores: dict[str, float],
+        sent: list[BatchResult],
+        on_batch: Callable[[BatchResult], None] | None,
+    ) -> int:
+        """Fill ``scores`` for ``pending`` (key -> text); return late cache hits."""
+        cache = self._cache
+        late_hits = 0
+
+        def stored(batch: BatchResult) -> None:
+            fresh = {key_of[t]: s for t, s in zip(batch.texts, batch.scores, strict=True)}
+            cache.put_many(
+                fresh,
+                model=self._reranker.model,
+                api_requests=1,
+                documents_sent=len(batch.texts),
+                tokens_billed=batch.total_tokens,
+            )
+            cache.flights.publish(fresh)
+            scores.update(zip(batch.texts, batch.scores, strict=True))
+            sent.append(batch)
+            if on_batch is not None:
+                on_batch(batch)
+
+        while pending:
+            with cache.flights.claim(list(pending)) as (mine, theirs):
+                if mine:
+                    # Another thread may have stored some of these since our first read.
+                    late = cache.get_many(mine)
+                    for key, value in late.items():
+                        scores[pending.pop(key)] = value
+                    late_hits += len(late)
+                    to_send = [pending[key] for key in mine if key not in late]
+                    if to_send:
+                        self._reranker.score_texts(to_send, on_batch=stored)
+                    for key in mine:
+                        pending.pop(key, None)
+            for key, flight in theirs.items():
+                flight.event.wait()
+                if flight.score is not None:
+                    scores[pending.pop(key)] = flight.score
+            # Keys whose owner failed stay pending: this thread claims them next round.
+        return late_hits
+
+    def rerank(
+        self,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """Rerank documents like :meth:`QwenReRanker.rerank`, fetching only uncached pairs."""
+        del fields
+        limit = self.topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self.rerank_field)
+        result = self.score_texts(collected.texts)
+        return assemble(collected.candidates, result.scores, limit)

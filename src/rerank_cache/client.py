@@ -1,0 +1,544 @@
+"""The DashScope client: sends planned requests through the real ``dashscope`` SDK.
+
+This is the only module that performs rerank I/O. It passes the API key and base address on
+every call (it never touches ``dashscope.api_key`` or other SDK globals), runs a rerank's
+requests concurrently with a bounded number in flight, retries throttling, server errors and
+dropped connections with exponential backoff and jitter (honouring ``Retry-After``) within an
+overall deadline, validates every response before any score leaves this module, and records
+token usage and request ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+
+import requests
+from dashscope import TextReRank
+
+from .errors import (
+    APIError,
+    AuthenticationError,
+    DashScopeError,
+    MalformedResponseError,
+    RateLimitError,
+    RequestTimeoutError,
+    TransportError,
+)
+from .planning import ModelLimits, plan_batches
+
+__all__ = ["BatchResult", "DashScopeClient", "RetryPolicy", "ScoreResult", "UsageTotals"]
+
+logger = logging.getLogger("rerank_cache")
+
+#: DashScope's default (Beijing) endpoint, used when neither an argument nor
+#: ``DASHSCOPE_HTTP_BASE_URL`` names another.
+DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How requests are retried.
+
+    429, 5xx, dropped connections and request timeouts are retried; other 4xx never are.
+    The wait before attempt ``k + 1`` is ``min(backoff_max, backoff_base * 2^(k-1))`` with
+    jitter (half fixed, half random), or the server's ``Retry-After`` when it sends one.
+
+    Attributes:
+        max_attempts: attempts per request, the first included (at least 1).
+        backoff_base: the first backoff in seconds.
+        backoff_max: the longest single backoff in seconds.
+        deadline: seconds one rerank call may take in total, retries and waits included;
+            None for no overall limit. A wait that would end past the deadline is not taken.
+        sleep: how to wait (injectable so tests can record waits instead of sleeping).
+        clock: a monotonic clock in seconds (injectable for tests).
+    """
+
+    max_attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    deadline: float | None = 120.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if self.backoff_base < 0 or self.backoff_max < 0:
+            raise ValueError("RetryPolicy backoffs must not be negative")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError("RetryPolicy.deadline must be positive or None")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Return the wait after failed attempt number ``attempt`` (1-based), with jitter."""
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        return delay / 2 + rng.uniform(0, delay / 2)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One successful DashScope request.
+
+    Attributes:
+        texts: the documents sent, in request order.
+        scores: the relevance score of each text, in the same order.
+        total_tokens: ``usage.total_tokens`` as billed.
+        request_id: DashScope's request id.
+        attempts: how many attempts the request took.
+    """
+
+    texts: tuple[str, ...]
+    scores: tuple[float, ...]
+    total_tokens: int
+    request_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outcome of scoring a set of texts against one query.
+
+    Attributes:
+        scores: relevance score per text.
+        batches: the requests that produced them.
+    """
+
+    scores: dict[str, float]
+    batches: tuple[BatchResult, ...]
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens billed across the requests."""
+        return sum(b.total_tokens for b in self.batches)
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        """DashScope request ids of the requests."""
+        return tuple(b.request_id for b in self.batches if b.request_id)
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """Cumulative usage of one client (a snapshot).
+
+    Attributes:
+        requests: successful requests.
+        documents: documents in successful requests.
+        total_tokens: tokens billed.
+        retries: attempts beyond the first, across all requests.
+        failures: requests that ended in an error.
+    """
+
+    requests: int = 0
+    documents: int = 0
+    total_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+
+
+class _RetryableError(Exception):
+    """Internal: an attempt failed in a way worth retrying."""
+
+    def __init__(self, error: DashScopeError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Parse a ``Retry-After`` header: seconds (whole or decimal) or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    lowered = name.lower()
+    for key, value in headers.items():
+        if str(key).lower() == lowered:
+            return str(value)
+    return None
+
+
+class DashScopeClient:
+    """Scores texts against a query with DashScope TextReRank. Thread-safe.
+
+    Args:
+        api_key: the DashScope API key (never logged or shown).
+        model: the rerank model.
+        base_url: the API base address, e.g. ``https://dashscope-intl.aliyuncs.com/api/v1``.
+        limits: request limits for the model.
+        instruct: the task instruction sent with every request (None for none).
+        timeout: seconds to wait for one HTTP response.
+        retry: the retry policy.
+        max_concurrency: requests in flight at once for one call.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        model: str,
+        base_url: str,
+        limits: ModelLimits,
+        instruct: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 4,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._api_key = api_key
+        self.model = model
+        self.base_url = base_url
+        self.limits = limits
+        self.instruct = instruct
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.max_concurrency = max_concurrency
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self._totals = UsageTotals()
+
+    def __repr__(self) -> str:
+        return (
+            f"DashScopeClient(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key='***', instruct={self.instruct!r})"
+        )
+
+    @property
+    def usage(self) -> UsageTotals:
+        """Cumulative usage of this client."""
+        with self._lock:
+            return self._totals
+
+    def with_instruct(self, instruct: str | None) -> DashScopeClient:
+        """Return a client like this one with another ``instruct``; usage is not shared."""
+        return DashScopeClient(
+            api_key=self._api_key,
+            model=self.model,
+            base_url=self.base_url,
+            limits=self.limits,
+            instruct=instruct,
+            timeout=self.timeout,
+            retry=self.retry,
+            max_concurrency=self.max_concurrency,
+        )
+
+    # -- public scoring path -------------------------------------------------------------
+
+    def score(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> ScoreResult:
+        """Score every text against ``query``.
+
+        The texts must be prepared (non-empty, trimmed; see :func:`planning.prepare_text`)
+        and unique. They are split into requests within the model's limits and sent
+        concurrently. ``on_batch`` is called in the calling thread once per successful
+        request, as it completes, so a caller can persist partial progress.
+
+        Raises:
+            DashScopeError: a request failed after its retries. Requests that had already
+                succeeded were still passed to ``on_batch``.
+        """
+        if not texts:
+            return ScoreResult({}, ())
+        deadline = None
+        if self.retry.deadline is not None:
+            deadline = self.retry.clock() + self.retry.deadline
+        batches = plan_batches(query, texts, self.limits, instruct=self.instruct)
+        groups = [tuple(texts[i] for i in batch) for batch in batches]
+        results: list[BatchResult] = []
+
+        def done(result: BatchResult) -> None:
+            results.append(result)
+            if on_batch is not None:
+                on_batch(result)
+
+        if len(groups) == 1:
+            done(self._send(query, groups[0], deadline))
+        else:
+            self._send_concurrently(query, groups, deadline, done)
+        scores: dict[str, float] = {}
+        for result in results:
+            scores.update(zip(result.texts, result.scores, strict=True))
+        return ScoreResult(scores, tuple(results))
+
+    def _send_concurrently(
+        self,
+        query: str,
+        groups: list[tuple[str, ...]],
+        deadline: float | None,
+        done: Callable[[BatchResult], None],
+    ) -> None:
+        workers = min(self.max_concurrency, len(groups))
+        with ThreadPoolExecutor(workers, thread_name_prefix="rerank-cache") as pool:
+            pending: set[Future[BatchResult]] = {
+                pool.submit(self._send, query, group, deadline) for group in groups
+            }
+            error: BaseException | None = None
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    exc = future.exception()
+                    if exc is None:
+                        done(future.result())
+                    elif error is None:
+                        error = exc
+                if error is not None:
+                    # Stop what has not started; what is in flight finishes and is kept.
+                    for future in pending:
+                        future.cancel()
+            if error is not None:
+                raise error
+
+    # -- one request, with retries ---------------------------------------------------------
+
+    def _send(self, query: str, texts: tuple[str, ...], deadline: float | None) -> BatchResult:
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = self.timeout
+            if deadline is not None:
+                remaining = deadline - self.retry.clock()
+                if remaining <= 0:
+                    self._count_failure()
+                    raise RequestTimeoutError(
+                        f"DashScope did not answer within the deadline of "
+                        f"{self.retry.deadline:g} s (attempt {attempt}). Raise "
+                        "RetryPolicy.deadline or try again later."
+                    )
+                timeout = min(timeout, remaining)
+            try:
+                result = self._attempt(query, texts, timeout, attempt)
+            except _RetryableError as retryable:
+                wait_s = retryable.retry_after
+                if wait_s is None:
+                    wait_s = self.retry.backoff(attempt, self._rng)
+                out_of_time = deadline is not None and self.retry.clock() + wait_s > deadline
+                if attempt >= self.retry.max_attempts or out_of_time:
+                    self._count_failure()
+                    raise self._final(retryable, attempt, out_of_time) from None
+                logger.warning(
+                    "DashScope request failed (%s); retrying in %.2f s (attempt %d of %d)",
+                    retryable.error,
+                    wait_s,
+                    attempt + 1,
+                    self.retry.max_attempts,
+                )
+                self.retry.sleep(wait_s)
+                continue
+            except DashScopeError:
+                self._count_failure()
+                raise
+            with self._lock:
+                t = self._totals
+                self._totals = UsageTotals(
+                    requests=t.requests + 1,
+                    documents=t.documents + len(texts),
+                    total_tokens=t.total_tokens + result.total_tokens,
+                    retries=t.retries + attempt - 1,
+                    failures=t.failures,
+                )
+            return result
+
+    def _count_failure(self) -> None:
+        with self._lock:
+            t = self._totals
+            self._totals = UsageTotals(
+                t.requests, t.documents, t.total_tokens, t.retries, t.failures + 1
+            )
+
+    def _final(
+        self, retryable: _RetryableError, attempts: int, out_of_time: bool
+    ) -> DashScopeError:
+        error = retryable.error
+        why = "the overall deadline would pass" if out_of_time else f"{attempts} attempts"
+        message = f"{error} Gave up after {why}."
+        if isinstance(error, RateLimitError):
+            return RateLimitError(
+                message + " Lower the request rate or ask for a higher quota.",
+                status=error.status,
+                code=error.code,
+                request_id=error.request_id,
+                retry_after=retryable.retry_after,
+            )
+        if isinstance(error, APIError):
+            return APIError(
+                message, status=error.status, code=error.code, request_id=error.request_id
+            )
+        return type(error)(message, request_id=error.request_id)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _attempt(
+        self, query: str, texts: tuple[str, ...], timeout: float, attempt: int
+    ) -> BatchResult:
+        kwargs: dict[str, Any] = {}
+        if self.instruct is not None:
+            kwargs["instruct"] = self.instruct
+        try:
+            response = TextReRank.call(
+                model=self.model,
+                query=query,
+                documents=list(texts),
+                return_documents=False,
+                api_key=self._api_key,
+                base_address=self.base_url,
+                request_timeout=timeout,
+                **kwargs,
+            )
+        except requests.exceptions.Timeout as exc:
+            raise _RetryableError(
+                RequestTimeoutError(f"DashScope did not answer within {timeout:.3g} s.")
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise _RetryableError(
+                TransportError(
+                    f"Could not reach DashScope at {self.base_url} "
+                    f"({type(exc).__name__}). Check the network and base_url."
+                )
+            ) from exc
+        except requests.exceptions.JSONDecodeError as exc:
+            raise MalformedResponseError(
+                "DashScope answered with a body that is not JSON; nothing was cached."
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            raise _RetryableError(
+                TransportError(f"HTTP error talking to DashScope ({type(exc).__name__}).")
+            ) from exc
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            # The SDK builds its response objects from the body without checks: a 200
+            # without `output`, or results without `index`, surface as these.
+            raise MalformedResponseError(
+                "DashScope answered 200 with a body that is not a rerank result "
+                f"({type(exc).__name__}); nothing was cached."
+            ) from exc
+        return self._check(response, texts, attempt)
+
+    def _check(self, response: Any, texts: tuple[str, ...], attempt: int) -> BatchResult:
+        status = int(getattr(response, "status_code", 0) or 0)
+        request_id = getattr(response, "request_id", None) or None
+        if status != HTTPStatus.OK:
+            raise self._status_error(response, status, request_id)
+        output = getattr(response, "output", None)
+        results = getattr(output, "results", None) if output is not None else None
+        if not isinstance(results, list):
+            raise MalformedResponseError(
+                "DashScope answered 200 without output.results; nothing was cached.",
+                request_id=request_id,
+            )
+        scores: list[float | None] = [None] * len(texts)
+        for item in results:
+            try:
+                index = item["index"]
+                score = item["relevance_score"]
+            except (KeyError, TypeError):
+                raise MalformedResponseError(
+                    "DashScope returned a result without index or relevance_score; "
+                    "nothing was cached.",
+                    request_id=request_id,
+                ) from None
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(texts):
+                raise MalformedResponseError(
+                    f"DashScope returned result index {index!r} for a request of "
+                    f"{len(texts)} documents; nothing was cached.",
+                    request_id=request_id,
+                )
+            if (
+                isinstance(score, bool)
+                or not isinstance(score, (int, float))
+                or not math.isfinite(score)
+            ):
+                raise MalformedResponseError(
+                    f"DashScope returned relevance_score {score!r}, not a finite number; "
+                    "nothing was cached.",
+                    request_id=request_id,
+                )
+            if scores[index] is not None:
+                raise MalformedResponseError(
+                    f"DashScope returned index {index} twice; nothing was cached.",
+                    request_id=request_id,
+                )
+            scores[index] = float(score)
+        missing = sum(s is None for s in scores)
+        if missing:
+            raise MalformedResponseError(
+                f"DashScope scored {len(texts) - missing} of {len(texts)} documents sent; "
+                "nothing was cached.",
+                request_id=request_id,
+            )
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "total_tokens", None) if usage is not None else None
+        total_tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0
+        return BatchResult(
+            texts=texts,
+            scores=tuple(s for s in scores if s is not None),
+            total_tokens=total_tokens,
+            request_id=request_id,
+            attempts=attempt,
+        )
+
+    def _status_error(self, response: Any, status: int, request_id: str | None) -> Exception:
+        code = getattr(response, "code", None) or None
+        raw = getattr(response, "message", None)
+        detail = self._redact(str(raw)) if raw else "no message"
+        what = f"DashScope returned HTTP {status}" + (f" {code}" if code else "")
+        what += f": {detail}"
+        if request_id:
+            what += f" (request id {request_id})"
+        what += "."
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            retry_after = parse_retry_after(
+                _header(getattr(response, "headers", None), "Retry-After")
+            )
+            return _RetryableError(
+                RateLimitError(what, code=code, request_id=request_id, retry_after=retry_after),
+                retry_after,
+            )
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            return _RetryableError(APIError(what, status=status, code=code, request_id=request_id))
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            hint = (
+                " Check the API key (argument or DASHSCOPE_API_KEY) and that it belongs to the "
+                "region of base_url: Beijing keys work only with dashscope.aliyuncs.com, "
+                "international keys only with dashscope-intl.aliyuncs.com."
+                if status == HTTPStatus.UNAUTHORIZED
+                else " The key lacks access to this model, or its free quota is used up."
+            )
+            return AuthenticationError(what + hint, status=status, code=code, request_id=request_id)
+        hint = ""
+        if status == HTTPStatus.NOT_FOUND:
+            hint = f" Check the model name {self.model!r} and base_url."
+        elif status == HTTPStatus.BAD_REQUEST:
+            hint = " DashScope rejected the request as invalid; it was not retried."
+        return APIError(what + hint, status=status, code=code, request_id=request_id)

@@ -1,0 +1,105 @@
+"""Documents: the package's own :class:`Doc` and the protocol zvec's ``Doc`` also meets.
+
+rerank-cache works without zvec. It accepts any object shaped like ``zvec.Doc`` (an ``id``,
+a ``score``, ``fields``, ``vectors``, ``field(name)`` and ``_replace(**changes)``) and returns
+objects of the caller's own type, rebuilt with ``_replace(score=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+__all__ = ["Doc", "DocLike"]
+
+D = TypeVar("D", bound="DocLike")
+
+
+@runtime_checkable
+class DocLike(Protocol):
+    """Anything shaped like ``zvec.Doc``; rerankers read ``id`` and ``field()``."""
+
+    @property
+    def id(self) -> Any:
+        """The document id (deduplication key)."""
+
+    @property
+    def score(self) -> float | None:
+        """The retrieval or rerank score."""
+
+    def field(self, name: str) -> Any:
+        """The value of scalar field ``name`` (None when missing)."""
+
+    def _replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (zvec's spelling, kept for compatibility)."""
+
+
+class Doc:
+    """A retrieved document, shaped like ``zvec.Doc`` so the package works without zvec.
+
+    Args:
+        id: the document id.
+        score: the retrieval score, replaced by the rerank score in results.
+        vectors: named vectors (kept as given).
+        fields: scalar fields; the reranker reads its ``rerank_field`` from here.
+
+    Example:
+        >>> d = Doc("d1", fields={"content": "hello"})
+        >>> d.field("content"), d.field("missing")
+        ('hello', None)
+        >>> d._replace(score=0.5).score
+        0.5
+    """
+
+    __slots__ = ("fields", "id", "score", "vectors")
+
+    def __init__(
+        self,
+        id: str,
+        score: float | None = None,
+        vectors: Mapping[str, Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.score = score
+        self.vectors: dict[str, Any] = dict(vectors) if vectors else {}
+        self.fields: dict[str, Any] = dict(fields) if fields else {}
+
+    def field(self, name: str) -> Any:
+        """Return field ``name``, or None when the document has no such field."""
+        return self.fields.get(name)
+
+    def has_field(self, name: str) -> bool:
+        """Return whether the document has field ``name``."""
+        return name in self.fields
+
+    def vector(self, name: str) -> Any:
+        """Return vector ``name``, or None when the document has no such vector."""
+        return self.vectors.get(name)
+
+    def _replace(self, **changes: Any) -> Doc:
+        """Return a copy with ``changes`` (``id``, ``score``, ``fields``, ``vectors``) applied."""
+        unknown = set(changes) - {"id", "score", "fields", "vectors"}
+        if unknown:
+            raise TypeError(f"Doc has no attribute(s) {sorted(unknown)}")
+        return Doc(
+            id=changes.get("id", self.id),
+            score=changes.get("score", self.score),
+            vectors=changes.get("vectors", self.vectors),
+            fields=changes.get("fields", self.fields),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Doc):
+            return NotImplemented
+        return (self.id, self.score, self.fields, self.vectors) == (
+            other.id,
+            other.score,
+            other.fields,
+            other.vectors,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like zvec.Doc
+
+    def __repr__(self) -> str:
+        return f"Doc(id={self.id!r}, score={self.score!r}, fields={self.fields!r})"

@@ -1,0 +1,86 @@
+"""Cache keys: pure, versioned derivation of the key one (query, document) score is stored under.
+
+Everything that changes a score is in the key: the model, the ``instruct`` text (or its
+absence), the exact query text and the exact document text sent. The document enters as its
+own 128-bit xxhash, so the store holds no plaintext query or document::
+
+    doc_hash = xxh3_128(utf8(document))
+    key      = xxh3_128(b"rerank-cache/v1" + field(model) + field(instruct) + field(query)
+                        + doc_hash)
+    field(s) = 8-byte big-endian length + utf8(s); instruct None is the single byte 0xFF
+
+The length prefixes make the encoding unambiguous: moving text from one field to another
+always changes the bytes hashed. The stored key string is ``"1:<model>:<32 hex digits>"``;
+the model stays readable so stats and ``clear(model=...)`` can group by it.
+
+Changing anything here changes every key: bump :data:`KEY_VERSION` so old entries simply miss.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import xxhash
+
+__all__ = ["KEY_VERSION", "KeyBuilder", "doc_hash", "model_of", "score_key"]
+
+#: The key-format version, part of every key.
+KEY_VERSION = 1
+
+_DOMAIN = b"rerank-cache/v%d" % KEY_VERSION
+_NO_INSTRUCT = b"\xff"
+_LEN = struct.Struct(">Q")
+
+
+def _field(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _LEN.pack(len(data)) + data
+
+
+def doc_hash(text: str) -> bytes:
+    """Return the 16-byte xxh3-128 digest of a document text (UTF-8)."""
+    return xxhash.xxh3_128_digest(text.encode("utf-8"))
+
+
+class KeyBuilder:
+    """Derives keys for one (model, instruct, query); the shared prefix is encoded once.
+
+    Example:
+        >>> kb = KeyBuilder("gte-rerank-v2", None, "what is a vector database")
+        >>> kb.key("zvec is an in-process vector database") == score_key(
+        ...     "gte-rerank-v2", None, "what is a vector database",
+        ...     "zvec is an in-process vector database")
+        True
+    """
+
+    __slots__ = ("_head", "_prefix")
+
+    def __init__(self, model: str, instruct: str | None, query: str) -> None:
+        self._prefix = (
+            _DOMAIN
+            + _field(model)
+            + (_NO_INSTRUCT if instruct is None else b"\x00" + _field(instruct))
+            + _field(query)
+        )
+        self._head = f"{KEY_VERSION}:{model}:"
+
+    def key(self, text: str) -> str:
+        """Return the store key of ``text``'s score."""
+        return self.key_for_hash(doc_hash(text))
+
+    def key_for_hash(self, digest: bytes) -> str:
+        """Return the store key for a document already hashed with :func:`doc_hash`."""
+        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + digest)
+
+
+def score_key(model: str, instruct: str | None, query: str, text: str) -> str:
+    """Return the store key of one (model, instruct, query, document text) score."""
+    return KeyBuilder(model, instruct, query).key(text)
+
+
+def model_of(key: str) -> str | None:
+    """Return the model named in a store key, or None if it is not a current-format key."""
+    version, sep, rest = key.partition(":")
+    if not sep or version != str(KEY_VERSION) or len(rest) < 34 or rest[-33] != ":":
+        return None
+    return rest[:-33]

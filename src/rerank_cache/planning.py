@@ -1,0 +1,288 @@
+"""Pure planning: what to send to DashScope and how to split it. No I/O here.
+
+The reranker (and the caching layer, and a future asyncio twin) share these steps:
+
+1. :func:`collect` walks the caller's result lists, deduplicates by document id, reads the
+   rerank field and prepares the exact text that will be sent (stripped, encodable, trimmed to
+   what the model accepts).
+2. :func:`plan_batches` splits the unique texts into requests that respect both the model's
+   document limit and its per-request token budget
+   (``query_tokens * n + Σ doc_tokens``, see the DashScope facts).
+3. :func:`assemble` puts scores back on the caller's documents, sorts and cuts to ``topn``.
+
+Token counts are *estimates*: DashScope does not publish its tokenizer. :func:`estimate_tokens`
+is deliberately conservative (it over-counts English roughly twofold and counts every CJK
+character as a token) so a planned request never exceeds the real budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MODEL_LIMITS",
+    "Candidate",
+    "Collected",
+    "ModelLimits",
+    "assemble",
+    "collect",
+    "estimate_tokens",
+    "iter_docs",
+    "limits_for",
+    "plan_batches",
+    "prepare_text",
+    "trim_to_tokens",
+]
+
+D = TypeVar("D")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one rerank request may carry for a model.
+
+    Attributes:
+        max_documents: documents per request.
+        max_item_tokens: tokens per query or document; DashScope truncates longer items, we
+            trim them ourselves so the text we send (and cache under) is what gets scored.
+        max_request_tokens: ``query_tokens * n + Σ doc_tokens`` per request.
+        max_item_chars: hard per-document size DashScope rejects beyond (400).
+    """
+
+    max_documents: int
+    max_item_tokens: int
+    max_request_tokens: int
+    max_item_chars: int = 300_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_documents", "max_item_tokens", "max_request_tokens", "max_item_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelLimits.{name} must be at least 1")
+
+
+#: Documented limits per model (../shared/docs/dashscope-rerank-api.md). Where Alibaba's
+#: documents disagree, the smaller number is used.
+MODEL_LIMITS: Mapping[str, ModelLimits] = {
+    "gte-rerank-v2": ModelLimits(500, 4_000, 30_000),
+    "gte-rerank": ModelLimits(500, 4_000, 30_000),
+    "qwen3-rerank": ModelLimits(500, 4_000, 30_000),
+    "qwen3-vl-rerank": ModelLimits(100, 8_000, 120_000),
+    # Request limits are not documented for this model: stay well inside what others accept.
+    "qwen3.7-text-rerank": ModelLimits(100, 8_000, 30_000),
+}
+
+#: Limits assumed for a model this table does not know.
+DEFAULT_LIMITS = ModelLimits(100, 4_000, 30_000)
+
+
+def limits_for(model: str) -> ModelLimits:
+    """Return the request limits for ``model`` (conservative defaults when unknown)."""
+    return MODEL_LIMITS.get(model, DEFAULT_LIMITS)
+
+
+# One match per estimated unit: a run of ASCII letters, one digit, whitespace, one ASCII
+# symbol, or one non-ASCII character.
+_UNIT = re.compile(r"[A-Za-z]+|[0-9]|\s+|[\x21-\x7e]|[^\x00-\x7f]")
+_LETTERS_PER_TOKEN = 3
+
+
+def _unit_tokens(unit: str) -> int:
+    first = unit[0]
+    if first.isascii():
+        if first.isalpha():
+            return math.ceil(len(unit) / _LETTERS_PER_TOKEN)
+        if first.isspace():
+            return 0
+        return 1
+    return 2 if ord(first) > 0xFFFF else 1
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimate, conservatively, how many tokens DashScope counts for ``text``.
+
+    Runs of ASCII letters count one token per three letters, every digit, ASCII symbol and
+    non-ASCII character counts one token (two outside the Basic Multilingual Plane), and
+    whitespace counts nothing. Real tokenizers merge more, so this over-counts.
+
+    Example:
+        >>> estimate_tokens("what is a vector database")
+        9
+        >>> estimate_tokens("向量数据库")
+        5
+    """
+    return sum(_unit_tokens(m.group()) for m in _UNIT.finditer(text))
+
+
+def trim_to_tokens(text: str, max_tokens: int) -> str:
+    """Return the longest prefix of ``text`` whose :func:`estimate_tokens` is ``<= max_tokens``.
+
+    Trailing whitespace of the cut is removed so the result is what :func:`prepare_text`
+    would produce for it.
+    """
+    total = 0
+    for match in _UNIT.finditer(text):
+        unit = match.group()
+        cost = _unit_tokens(unit)
+        if total + cost > max_tokens:
+            end = match.start()
+            if unit[0].isascii() and unit[0].isalpha():
+                room = (max_tokens - total) * _LETTERS_PER_TOKEN
+                end += max(room, 0)
+            return text[:end].rstrip()
+        total += cost
+    return text
+
+
+def prepare_text(value: Any, limits: ModelLimits) -> str | None:
+    """Turn a field value into the exact text sent to DashScope, or None to skip it.
+
+    ``None`` and values whose ``str()`` is blank are skipped (DashScope rejects empty
+    texts). Other values are converted with ``str()`` and stripped, as zvec does. Characters
+    that UTF-8 cannot encode (lone surrogates) become U+FFFD. Texts longer than the model
+    accepts per item are trimmed, so the text sent is exactly the text scored and cached.
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if len(text) > limits.max_item_chars:
+        text = text[: limits.max_item_chars]
+    if estimate_tokens(text) > limits.max_item_tokens:
+        text = trim_to_tokens(text, limits.max_item_tokens)
+    return text
+
+
+@dataclass(frozen=True)
+class Candidate(Generic[D]):
+    """One document that takes part in a rerank, with the exact text that scores it."""
+
+    doc: D
+    text: str
+
+
+@dataclass(frozen=True)
+class Collected(Generic[D]):
+    """The result of :func:`collect`.
+
+    Attributes:
+        candidates: documents to score, first occurrence of each id, in input order.
+        texts: the unique texts among them, in first-occurrence order (what gets scored).
+        seen: how many documents the input held (before deduplication and skipping).
+    """
+
+    candidates: tuple[Candidate[D], ...]
+    texts: tuple[str, ...]
+    seen: int
+
+
+def iter_docs(query_results: Any) -> Iterable[Any]:
+    """Yield the documents of ``dict[str, list[Doc]]`` or ``list[list[Doc]]`` in order.
+
+    ``None`` entries (zvec returns them for deleted rows) are skipped.
+
+    Raises:
+        TypeError: for any other shape.
+    """
+    if isinstance(query_results, Mapping):
+        lists: Iterable[Any] = query_results.values()
+    elif isinstance(query_results, (list, tuple)):
+        lists = query_results
+    else:
+        raise TypeError(
+            "query_results must be a dict of lists of documents or a list of lists of "
+            f"documents, not {type(query_results).__name__}"
+        )
+    for position, docs in enumerate(lists):
+        if docs is None:
+            continue
+        if not isinstance(docs, (list, tuple)):
+            raise TypeError(
+                f"query_results[{position}] must be a list of documents, not {type(docs).__name__}"
+            )
+        for doc in docs:
+            if doc is not None:
+                yield doc
+
+
+def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Collected[Any]:
+    """Pick the documents to score and the exact texts to send. Pure.
+
+    Documents are deduplicated by ``id`` across all lists; the first occurrence that has text
+    wins (as in zvec, a copy without the field does not hide a later copy that has it).
+    Documents without text in ``rerank_field`` are skipped. Identical texts under different
+    ids are listed once in ``texts``.
+    """
+    candidates: list[Candidate[Any]] = []
+    texts: dict[str, None] = {}
+    ids: set[Any] = set()
+    seen = 0
+    for doc in iter_docs(query_results):
+        seen += 1
+        doc_id = doc.id
+        if doc_id in ids:
+            continue
+        text = prepare_text(doc.field(rerank_field), limits)
+        if text is None:
+            continue
+        ids.add(doc_id)
+        candidates.append(Candidate(doc, text))
+        texts.setdefault(text)
+    return Collected(tuple(candidates), tuple(texts), seen)
+
+
+def plan_batches(
+    query: str,
+    texts: Sequence[str],
+    limits: ModelLimits,
+    *,
+    instruct: str | None = None,
+    budget_fraction: float = 0.9,
+) -> list[list[int]]:
+    """Split ``texts`` into requests within the document limit and the token budget. Pure.
+
+    Returns lists of indexes into ``texts``, in order. Each request holds at most
+    ``limits.max_documents`` texts and at most ``budget_fraction * max_request_tokens``
+    estimated tokens, counting the query once per document, each document, and the instruct
+    once. Every text is assumed already trimmed by :func:`prepare_text`.
+    """
+    if not texts:
+        return []
+    budget = int(limits.max_request_tokens * budget_fraction)
+    query_tokens = min(estimate_tokens(query), limits.max_item_tokens)
+    fixed = estimate_tokens(instruct) if instruct else 0
+    batches: list[list[int]] = []
+    current: list[int] = []
+    used = fixed
+    for index, text in enumerate(texts):
+        cost = query_tokens + min(estimate_tokens(text), limits.max_item_tokens)
+        if current and (len(current) >= limits.max_documents or used + cost > budget):
+            batches.append(current)
+            current, used = [], fixed
+        current.append(index)
+        used += cost
+    batches.append(current)
+    return batches
+
+
+def assemble(
+    candidates: Sequence[Candidate[D]],
+    scores: Mapping[str, float],
+    topn: int,
+) -> list[D]:
+    """Return up to ``topn`` documents with their rerank score, best first. Pure.
+
+    Ties keep input order (the sort is stable). Each document is rebuilt with
+    ``doc._replace(score=...)`` so callers get their own document type back.
+    """
+    ranked = sorted(candidates, key=lambda c: -scores[c.text])
+    return [c.doc._replace(score=scores[c.text]) for c in ranked[:topn]]  # type: ignore[attr-defined]

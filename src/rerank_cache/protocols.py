@@ -1,0 +1,69 @@
+"""The seams where the parts meet: something that scores, and something that stores scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .client import BatchResult, ScoreResult
+from .planning import Collected
+
+__all__ = ["ScoreStore", "Scorer"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A reranker the caching layer can wrap: :class:`QwenReRanker`, or another wrapper."""
+
+    @property
+    def query(self) -> str:
+        """The query documents are scored against."""
+
+    @property
+    def topn(self) -> int:
+        """Default number of documents returned."""
+
+    @property
+    def rerank_field(self) -> str:
+        """The document field whose text is scored."""
+
+    @property
+    def model(self) -> str:
+        """The rerank model (part of the cache key)."""
+
+    @property
+    def instruct(self) -> str | None:
+        """The task instruction (part of the cache key)."""
+
+    def with_query(self, query: str) -> Scorer:
+        """A copy for another query sharing everything else."""
+
+    def prepare(self, query_results: Any) -> Collected[Any]:
+        """Deduplicate documents and compute the exact texts to send."""
+
+    def score_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> ScoreResult:
+        """Score prepared unique texts against :attr:`query`."""
+
+
+@runtime_checkable
+class ScoreStore(Protocol):
+    """A store of scores by key, as :class:`ScoreCache` implements it."""
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Batched lookup; absent keys are misses. Never raises for storage trouble."""
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+    ) -> bool:
+        """Store scores and usage in one transaction; False when it failed open."""

@@ -1,0 +1,274 @@
+"""``QwenReRanker``: a drop-in for ``zvec.extension.QwenReRanker``, correct at the edges.
+
+Same constructor and ``rerank()`` as zvec's (both the older dict form and zvec 0.8.0's list
+form), but every document is scored (DashScope's ``top_n`` never truncates what comes back),
+requests stay within the model's document and token limits and run concurrently, throttling
+and server errors are retried, token usage is recorded, and the API key is passed per call
+instead of being written into the SDK's globals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .client import (
+    DEFAULT_BASE_URL,
+    BatchResult,
+    DashScopeClient,
+    RetryPolicy,
+    ScoreResult,
+    UsageTotals,
+)
+from .errors import ConfigurationError, NoDocumentsError
+from .planning import Collected, ModelLimits, assemble, collect, limits_for
+
+if TYPE_CHECKING:
+    from .cached import CachedReRanker
+    from .store import ScoreCache
+
+__all__ = ["DEFAULT_MODEL", "QwenReRanker", "check_topn", "nothing_to_score"]
+
+#: The model zvec and the SDK default to.
+DEFAULT_MODEL = "gte-rerank-v2"
+
+
+def check_topn(topn: Any) -> int:
+    """Return ``topn`` if it is a positive int, else raise :class:`ConfigurationError`."""
+    if isinstance(topn, bool) or not isinstance(topn, int):
+        raise ConfigurationError(f"topn must be a positive integer, not {topn!r}")
+    if topn < 1:
+        raise ConfigurationError(f"topn must be at least 1, got {topn}")
+    return topn
+
+
+def _check_query(query: Any) -> str:
+    if query is None or not isinstance(query, str) or not query.strip():
+        raise ConfigurationError("Query is required for QwenReRanker: a non-empty string")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            "The query contains characters UTF-8 cannot encode (lone surrogates)"
+        ) from None
+    return query
+
+
+class QwenReRanker:
+    """Rerank retrieved documents with DashScope TextReRank.
+
+    Accepts zvec's older positional order ``(query, topn, rerank_field, model, api_key)`` and,
+    when the second argument is a string, zvec 0.8.0's ``(query, rerank_field, model,
+    api_key)``. Everything else is keyword-only.
+
+    Args:
+        query: the query the documents are scored against (required, non-empty).
+        topn: how many documents :meth:`rerank` returns by default.
+        rerank_field: the document field whose text is scored (required).
+        model: the DashScope rerank model.
+        api_key: the DashScope API key; defaults to ``DASHSCOPE_API_KEY``.
+        instruct: a task instruction for models that take one (``qwen3-rerank`` and later).
+        base_url: the API base address; defaults to ``DASHSCOPE_HTTP_BASE_URL`` (read now,
+            not at import), else DashScope's Beijing endpoint.
+        timeout: seconds to wait for one HTTP response.
+        retry: how failed requests are retried (see :class:`RetryPolicy`).
+        max_concurrency: requests in flight at once for one rerank.
+        limits: request limits; defaults to the documented limits of ``model``.
+
+    Raises:
+        ValueError: (a :class:`ConfigurationError`) when the query is empty or None,
+            ``rerank_field`` is None, ``topn`` is not a positive integer, or no API key is
+            available.
+
+    Example:
+        >>> reranker = QwenReRanker(query="vector database", rerank_field="content",
+        ...                         api_key="sk-...")
+        >>> reranker.model, reranker.topn
+        ('gte-rerank-v2', 10)
+    """
+
+    def __init__(
+        self,
+        query: str | None = None,
+        topn: int = 10,
+        rerank_field: str | None = None,
+        model: str = DEFAULT_MODEL,
+        api_key: str | None = None,
+        *,
+        instruct: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 4,
+        limits: ModelLimits | None = None,
+    ) -> None:
+        if isinstance(topn, str):
+            # zvec 0.8.0 positional order: (query, rerank_field, model, api_key).
+            shifted_model = rerank_field if rerank_field is not None else model
+            if rerank_field is not None and model != DEFAULT_MODEL and api_key is None:
+                api_key = model
+            topn, rerank_field, model = 10, topn, shifted_model
+        self._query = _check_query(query)
+        self._topn = check_topn(topn)
+        if rerank_field is None or not isinstance(rerank_field, str) or not rerank_field:
+            raise ConfigurationError(
+                "rerank_field is required: the name of the document field to score"
+            )
+        self._rerank_field = rerank_field
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError("model must be a non-empty string")
+        if instruct is not None and (not isinstance(instruct, str) or not instruct.strip()):
+            raise ConfigurationError("instruct must be a non-empty string or None")
+        key = api_key if api_key is not None else os.environ.get("DASHSCOPE_API_KEY")
+        if not key or not key.strip():
+            raise ConfigurationError("No DashScope API key: pass api_key= or set DASHSCOPE_API_KEY")
+        url = base_url or os.environ.get("DASHSCOPE_HTTP_BASE_URL") or DEFAULT_BASE_URL
+        self._client = DashScopeClient(
+            api_key=key.strip(),
+            model=model,
+            base_url=url,
+            limits=limits or limits_for(model),
+            instruct=instruct,
+            timeout=timeout,
+            retry=retry,
+            max_concurrency=max_concurrency,
+        )
+
+    @classmethod
+    def _from_client(
+        cls, client: DashScopeClient, query: str, topn: int, rerank_field: str
+    ) -> QwenReRanker:
+        new = cls.__new__(cls)
+        new._query = _check_query(query)
+        new._topn = check_topn(topn)
+        new._rerank_field = rerank_field
+        new._client = client
+        return new
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def query(self) -> str:
+        """The query documents are scored against."""
+        return self._query
+
+    @property
+    def topn(self) -> int:
+        """How many documents :meth:`rerank` returns unless told otherwise."""
+        return self._topn
+
+    @property
+    def rerank_field(self) -> str:
+        """The document field whose text is scored."""
+        return self._rerank_field
+
+    @property
+    def model(self) -> str:
+        """The DashScope rerank model."""
+        return self._client.model
+
+    @property
+    def instruct(self) -> str | None:
+        """The task instruction sent with each request, if any."""
+        return self._client.instruct
+
+    @property
+    def base_url(self) -> str:
+        """The DashScope API base address."""
+        return self._client.base_url
+
+    @property
+    def limits(self) -> ModelLimits:
+        """The request limits used to split work into requests."""
+        return self._client.limits
+
+    @property
+    def usage(self) -> UsageTotals:
+        """Cumulative DashScope usage of this reranker and its :meth:`with_query` copies."""
+        return self._client.usage
+
+    def __repr__(self) -> str:
+        return (
+            f"QwenReRanker(query={self._query!r}, topn={self._topn}, "
+            f"rerank_field={self._rerank_field!r}, model={self.model!r}, api_key='***')"
+        )
+
+    def with_query(self, query: str) -> QwenReRanker:
+        """Return a copy for another query, sharing the client (key, settings, usage)."""
+        return QwenReRanker._from_client(self._client, query, self._topn, self._rerank_field)
+
+    def cached(self, cache: ScoreCache | None = None) -> CachedReRanker:
+        """Return this reranker with the score cache in front: ``QwenReRanker(...).cached()``.
+
+        Args:
+            cache: the store to use; by default a :class:`ScoreCache` in the default
+                directory (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
+        """
+        from .cached import CachedReRanker
+        from .store import ScoreCache
+
+        return CachedReRanker(self, cache if cache is not None else ScoreCache())
+
+    # -- the three steps -------------------------------------------------------------------
+
+    def prepare(self, query_results: Any) -> Collected[Any]:
+        """Deduplicate the documents and compute the exact texts to send (no I/O)."""
+        return collect(query_results, self._rerank_field, self._client.limits)
+
+    def score_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> ScoreResult:
+        """Score prepared, unique texts against :attr:`query` through DashScope.
+
+        ``on_batch`` runs in the calling thread after each successful request, so partial
+        progress can be kept when a later request fails.
+        """
+        return self._client.score(self._query, texts, on_batch=on_batch)
+
+    def rerank(
+        self,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """Rerank documents by their relevance to :attr:`query`.
+
+        Args:
+            query_results: ``dict[str, list[Doc]]`` (older zvec) or ``list[list[Doc]]``
+                (zvec 0.8.0); zvec ``Doc`` or :class:`rerank_cache.Doc`.
+            topn: how many documents to return; defaults to :attr:`topn`.
+            fields: accepted for zvec 0.8.0 compatibility and ignored.
+
+        Returns:
+            Up to ``topn`` documents of the caller's own type, best first (ties keep input
+            order), each with ``score`` set to DashScope's relevance score. An empty input
+            gives ``[]``.
+
+        Raises:
+            NoDocumentsError: (a ``ValueError``, as zvec raises) documents were given but
+                none has text in :attr:`rerank_field`.
+            ValueError: ``topn`` is not a positive integer.
+            DashScopeError: DashScope failed after retries.
+        """
+        del fields
+        limit = self._topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self._rerank_field)
+        result = self.score_texts(collected.texts)
+        return assemble(collected.candidates, result.scores, limit)
+
+
+def nothing_to_score(collected: Collected[Any], rerank_field: str) -> list[Any]:
+    """Empty input gives ``[]``; documents without any text raise, as zvec does."""
+    if collected.seen == 0:
+        return []
+    raise NoDocumentsError(
+        f"No documents to rerank: none of the {collected.seen} documents has text in "
+        f"field {rerank_field!r}"
+    )

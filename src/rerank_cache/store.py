@@ -1,0 +1,689 @@
+"""``ScoreCache``: the persistent, multi-process score store on diskcache.
+
+One row per (model, instruct, query, document) score, keyed by :mod:`rerank_cache.keys`, the
+value an inline float, with an expiry time. Reads are one batched ``SELECT`` on the
+``(key, raw)`` index and never write; writes happen once per completed DashScope request, in
+one transaction together with the usage counters. Counters of hits and misses are kept in
+memory and flushed with the next write, at most every ``stats_flush_interval`` seconds, and
+on :meth:`ScoreCache.close`, so the all-hits path stays write-free.
+
+Storage trouble fails open: a read that fails is a miss, a write that fails is skipped; both
+are logged and counted, and the rerank goes on through the API.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import stat
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import diskcache
+from pydantic import BaseModel, ConfigDict
+
+from .errors import CacheDirectoryError, CorruptCacheError
+from .keys import KEY_VERSION
+from .safedisk import SafeDisk
+from .singleflight import SingleFlight
+
+__all__ = [
+    "DEFAULT_SIZE_LIMIT",
+    "DEFAULT_TTL",
+    "CacheStats",
+    "CheckReport",
+    "ModelStats",
+    "ScoreCache",
+    "default_cache_dir",
+    "read_stats",
+]
+
+logger = logging.getLogger("rerank_cache")
+
+#: Default time to live of a cached score: 30 days. Scores of a model version do not
+#: change, but DashScope can update a model behind the same name; a month bounds the drift.
+DEFAULT_TTL = timedelta(days=30)
+#: Default size limit of the store: 1 GiB, about 4-6 million scores.
+DEFAULT_SIZE_LIMIT = 2**30
+#: Version of the ``stats()`` / ``--json`` schema.
+STATS_SCHEMA_VERSION = 1
+
+_COUNTERS_TABLE = "RerankCacheCounters"
+_COUNTER_NAMES = (
+    "hits",
+    "misses",
+    "api_requests",
+    "documents_sent",
+    "tokens_billed",
+    "duplicate_sends",
+    "store_errors",
+    "fallbacks",
+)
+_KEY_HEAD = f"{KEY_VERSION}:"
+_LIVE = "(expire_time IS NULL OR expire_time > ?)"
+_SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real'"
+_CHUNK = 500
+
+_TTL_UNSET: Any = object()
+
+
+def default_cache_dir() -> Path:
+    """Return the default cache directory.
+
+    ``RERANK_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/rerank-cache``, else
+    ``~/.cache/rerank-cache``.
+    """
+    configured = os.environ.get("RERANK_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "rerank-cache"
+
+
+def _ttl_seconds(ttl: float | timedelta | None) -> float | None:
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"ttl must be seconds, a timedelta or None, not {ttl!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"ttl must be positive, got {ttl!r}")
+    return float(seconds)
+
+
+def secure_directory(path: Path, *, create: bool = True) -> Path:
+    """Check (and create, 0700) a cache directory that only the current user controls.
+
+    Raises:
+        CacheDirectoryError: the path is a symlink, not a directory, owned by another user,
+            or writable by group or others; or it cannot be created.
+    """
+    path = Path(os.path.abspath(path.expanduser()))
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            raise CacheDirectoryError(f"cache directory {path} does not exist") from None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)
+        except FileExistsError:
+            pass  # another process created it first; checked below
+        except OSError as exc:
+            raise CacheDirectoryError(
+                f"cannot create cache directory {path}: {exc.strerror}"
+            ) from None
+        info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise CacheDirectoryError(
+            f"refusing cache directory {path}: it is a symbolic link. Use the real path."
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheDirectoryError(f"refusing cache directory {path}: not a directory")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise CacheDirectoryError(
+            f"refusing cache directory {path}: owned by uid {info.st_uid}, not by you "
+            f"(uid {os.getuid()}). Another user could plant entries there."
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheDirectoryError(
+            f"refusing cache directory {path}: writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):o}). Run: chmod 700 {path}"
+        )
+    return path
+
+
+class ModelStats(BaseModel):
+    """Per-model usage and entries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entries: int = 0
+    hits: int = 0
+    misses: int = 0
+    api_requests: int = 0
+    documents_sent: int = 0
+    tokens_billed: int = 0
+    duplicate_sends: int = 0
+    fallbacks: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over pairs looked up (0.0 when nothing was looked up)."""
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+class CacheStats(BaseModel):
+    """What the cache holds and what it saved, across every process using it.
+
+    ``hits`` and ``misses`` count (query, document) pairs looked up; ``documents_sent``
+    counts documents in successful API requests; ``duplicate_sends`` counts scores fetched
+    that another process had stored in the meantime; ``store_errors`` counts storage
+    operations that failed open.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = STATS_SCHEMA_VERSION
+    directory: str
+    entries: int
+    expired_entries: int
+    size_bytes: int
+    hits: int
+    misses: int
+    hit_rate: float
+    api_requests: int
+    documents_sent: int
+    tokens_billed: int
+    duplicate_sends: int
+    store_errors: int
+    fallbacks: int
+    oldest_entry: datetime | None
+    newest_entry: datetime | None
+    models: dict[str, ModelStats]
+
+
+class CheckReport(BaseModel):
+    """The result of :meth:`ScoreCache.check`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    integrity: str
+    rows: int
+    unsafe_rows: int
+    fixed: int
+    messages: list[str]
+
+
+def _chunks(items: list[str], size: int = _CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _model_expr() -> str:
+    # Key format "1:<model>:<32 hex>": the model is what lies between.
+    return "substr(key, 3, length(key) - 35)"
+
+
+def _counters(con: sqlite3.Connection) -> dict[str, Counter[str]]:
+    try:
+        rows = con.execute(f"SELECT model, name, value FROM {_COUNTERS_TABLE}").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    out: dict[str, Counter[str]] = {}
+    for model, name, value in rows:
+        out.setdefault(model, Counter())[name] += int(value)
+    return out
+
+
+def _collect_stats(
+    con: sqlite3.Connection,
+    directory: str,
+    now: float,
+    pending: Mapping[str, Counter[str]] | None = None,
+) -> CacheStats:
+    counters = _counters(con)
+    for model, deltas in (pending or {}).items():
+        counters.setdefault(model, Counter()).update(deltas)
+    entries_by_model: dict[str, int] = {}
+    expired = 0
+    oldest = newest = None
+    try:
+        for model, live, dead in con.execute(
+            f"SELECT {_model_expr()}, sum(expire_time IS NULL OR expire_time > ?), "
+            "sum(expire_time IS NOT NULL AND expire_time <= ?) FROM Cache "
+            "WHERE raw = 1 AND substr(key, 1, 2) = ? GROUP BY 1",
+            (now, now, _KEY_HEAD),
+        ):
+            entries_by_model[model] = int(live or 0)
+            expired += int(dead or 0)
+        oldest, newest = con.execute(
+            f"SELECT min(store_time), max(store_time) FROM Cache WHERE {_LIVE}", (now,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        pass  # no Cache table yet: an empty store
+    size = 0
+    for name in ("cache.db", "cache.db-wal"):
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(os.path.join(directory, name))
+    models: dict[str, ModelStats] = {}
+    for model in sorted(set(counters) | set(entries_by_model)):
+        c = counters.get(model, Counter())
+        models[model] = ModelStats(
+            entries=entries_by_model.get(model, 0),
+            **{name: c[name] for name in ModelStats.model_fields if name != "entries"},
+        )
+    total: Counter[str] = Counter()
+    for c in counters.values():
+        total.update(c)
+    looked_up = total["hits"] + total["misses"]
+
+    def when(t: float | None) -> datetime | None:
+        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
+
+    return CacheStats(
+        directory=directory,
+        entries=sum(entries_by_model.values()),
+        expired_entries=expired,
+        size_bytes=size,
+        hits=total["hits"],
+        misses=total["misses"],
+        hit_rate=total["hits"] / looked_up if looked_up else 0.0,
+        api_requests=total["api_requests"],
+        documents_sent=total["documents_sent"],
+        tokens_billed=total["tokens_billed"],
+        duplicate_sends=total["duplicate_sends"],
+        store_errors=total["store_errors"],
+        fallbacks=total["fallbacks"],
+        oldest_entry=when(oldest),
+        newest_entry=when(newest),
+        models=models,
+    )
+
+
+def read_stats(directory: str | os.PathLike[str] | None = None) -> CacheStats:
+    """Read a cache's stats without changing anything, even while others write.
+
+    Opens ``cache.db`` read-only (no diskcache settings are written, no lock is taken that
+    blocks writers). A directory without a cache reads as empty.
+
+    Raises:
+        CacheDirectoryError: the directory is unsafe or unreadable.
+        CorruptCacheError: the cache file is damaged.
+    """
+    path = secure_directory(Path(directory) if directory else default_cache_dir(), create=False)
+    db = path / "cache.db"
+    if not db.exists():
+        return _collect_stats(sqlite3.connect(":memory:"), str(path), time.time())
+    try:
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise CacheDirectoryError(f"cannot open {db} read-only: {exc}") from None
+    try:
+        return _collect_stats(con, str(path), time.time())
+    except sqlite3.DatabaseError as exc:
+        raise CorruptCacheError(_corrupt_message(db, exc)) from None
+    finally:
+        con.close()
+
+
+def _corrupt_message(db: Path, exc: BaseException) -> str:
+    return (
+        f"the cache file {db} is damaged ({exc}). Scores can always be re-fetched: run "
+        f"`rerank-cache --cache-dir {db.parent} check --fix`, or move the directory away."
+    )
+
+
+_OPEN: weakref.WeakSet[ScoreCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_caches() -> None:  # pragma: no cover - runs at interpreter exit
+    for cache in list(_OPEN):
+        cache.flush_stats()
+
+
+class ScoreCache:
+    """A persistent store of rerank scores, safe across threads and processes.
+
+    Args:
+        directory: where the store lives; defaults to :func:`default_cache_dir`. Created
+            0700; a symlink, a directory owned by another user, or one writable by others
+            is refused.
+        ttl: how long a score stays valid: seconds, a ``timedelta``, or None for never.
+            Default :data:`DEFAULT_TTL` (30 days).
+        size_limit: bytes on disk before the oldest scores are culled (default 1 GiB).
+        timeout: seconds a write waits for another process's lock before it is skipped.
+        stats_flush_interval: seconds between flushes of the hit/miss counters (they are
+            also flushed with every write and on close).
+        recover: when the cache file is damaged, move it aside and start empty (True) or
+            raise :class:`CorruptCacheError` (False).
+
+    Example:
+        >>> import tempfile
+        >>> with ScoreCache(tempfile.mkdtemp() + "/scores", ttl=3600) as cache:
+        ...     cache.stats().entries
+        0
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        ttl: float | timedelta | None = _TTL_UNSET,
+        size_limit: int = DEFAULT_SIZE_LIMIT,
+        timeout: float = 5.0,
+        stats_flush_interval: float = 1.0,
+        recover: bool = True,
+    ) -> None:
+        self._ttl = _ttl_seconds(DEFAULT_TTL if ttl is _TTL_UNSET else ttl)
+        if size_limit < 1:
+            raise ValueError("size_limit must be positive")
+        self._directory = secure_directory(
+            Path(directory) if directory is not None else default_cache_dir()
+        )
+        self._size_limit = size_limit
+        self._timeout = timeout
+        self._flush_interval = stats_flush_interval
+        self._lock = threading.Lock()
+        self._pending: dict[str, Counter[str]] = {}
+        self._last_flush = time.monotonic()
+        #: Keys being fetched right now by threads of this process (see SingleFlight).
+        self.flights = SingleFlight()
+        self._closed = False
+        self._cache = self._open(recover)
+        _OPEN.add(self)
+
+    def _open(self, recover: bool) -> diskcache.Cache:
+        try:
+            return self._open_once()
+        except sqlite3.DatabaseError as exc:
+            if not recover:
+                raise CorruptCacheError(
+                    _corrupt_message(self._directory / "cache.db", exc)
+                ) from None
+            moved = self._quarantine()
+            logger.error(
+                "rerank-cache: the cache file in %s was damaged (%s); moved it to %s and "
+                "started an empty cache. Scores will be re-fetched.",
+                self._directory,
+                exc,
+                moved,
+            )
+            return self._open_once()
+
+    def _open_once(self) -> diskcache.Cache:
+        cache = diskcache.Cache(
+            str(self._directory),
+            timeout=self._timeout,
+            disk=SafeDisk,
+            size_limit=self._size_limit,
+            eviction_policy="least-recently-stored",
+            statistics=0,
+            tag_index=0,
+        )
+        try:
+            cache._sql(
+                f"CREATE TABLE IF NOT EXISTS {_COUNTERS_TABLE} ("
+                " model TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
+                " PRIMARY KEY (model, name))"
+            )
+        except BaseException:
+            cache.close()
+            raise
+        return cache
+
+    def _quarantine(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self._directory / f"cache.db.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            source = self._directory / f"cache.db{suffix}"
+            if source.exists():
+                os.replace(source, Path(f"{target}{suffix}"))
+        return target
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        """The cache directory."""
+        return self._directory
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds a score stays valid, or None for no expiry."""
+        return self._ttl
+
+    def __repr__(self) -> str:
+        return f"ScoreCache({str(self._directory)!r}, ttl={self._ttl!r})"
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Look up scores in one batched read; missing, expired or unsafe rows are absent.
+
+        Never raises for storage trouble: it is logged, counted, and reads as misses.
+        """
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        found: dict[str, float] = {}
+        now = time.time()
+        try:
+            sql = self._cache._sql
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                for key, value in sql(
+                    f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} "
+                    f"AND {_LIVE}",
+                    (*chunk, now),
+                ):
+                    if math.isfinite(value):
+                        found[key] = value
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._store_error("read", exc)
+            return {}
+        return found
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+    ) -> bool:
+        """Store scores (and usage) in one transaction; return False if it failed open.
+
+        Only finite floats are stored. Scores whose key is already live count as duplicate
+        sends (another process fetched the same pair meanwhile).
+        """
+        clean = {
+            k: float(v)
+            for k, v in scores.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        usage = Counter(
+            api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
+        )
+        try:
+            with self._cache.transact():
+                duplicates = len(self._live_keys(list(clean))) if clean else 0
+                for key, value in clean.items():
+                    self._cache.set(key, value, expire=self._ttl)
+                if duplicates:
+                    usage["duplicate_sends"] = duplicates
+                self._write_counters({model: usage}, take_pending=True)
+        except (sqlite3.Error, OSError, diskcache.Timeout, TypeError) as exc:
+            self._store_error("write", exc)
+            self._add_pending(model, usage)
+            return False
+        return True
+
+    def _live_keys(self, keys: list[str]) -> set[str]:
+        live: set[str] = set()
+        now = time.time()
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            live.update(
+                row[0]
+                for row in self._cache._sql(
+                    f"SELECT key FROM Cache WHERE key IN ({marks}) AND raw = 1 AND {_LIVE}",
+                    (*chunk, now),
+                )
+            )
+        return live
+
+    # -- counters ------------------------------------------------------------------------
+
+    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+        """Count pairs looked up; flushed to disk at most every ``stats_flush_interval``."""
+        self._add_pending(model, Counter(hits=hits, misses=misses))
+        if time.monotonic() - self._last_flush >= self._flush_interval:
+            self.flush_stats()
+
+    def record_fallback(self, model: str) -> None:
+        """Count a rerank that fell back to retrieval order after an API failure."""
+        self._add_pending(model, Counter(fallbacks=1))
+
+    def _add_pending(self, model: str, deltas: Counter[str]) -> None:
+        with self._lock:
+            self._pending.setdefault(model, Counter()).update(deltas)
+
+    def _store_error(self, what: str, exc: BaseException) -> None:
+        logger.warning(
+            "rerank-cache: %s failed in %s (%s: %s); continuing without the cache",
+            what,
+            self._directory,
+            type(exc).__name__,
+            exc,
+        )
+        self._add_pending("", Counter(store_errors=1))
+
+    def _take_pending(self) -> dict[str, Counter[str]]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last_flush = time.monotonic()
+        return pending
+
+    def _write_counters(self, extra: Mapping[str, Counter[str]], *, take_pending: bool) -> None:
+        """Add counters inside the caller's transaction."""
+        merged: dict[str, Counter[str]] = {m: Counter(c) for m, c in extra.items()}
+        pending = self._take_pending() if take_pending else {}
+        try:
+            for model, deltas in pending.items():
+                merged.setdefault(model, Counter()).update(deltas)
+            rows = [
+                (model, name, value)
+                for model, deltas in merged.items()
+                for name, value in deltas.items()
+                if value
+            ]
+            if rows:
+                self._cache._con.executemany(
+                    f"INSERT INTO {_COUNTERS_TABLE} (model, name, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT(model, name) DO UPDATE SET value = value + excluded.value",
+                    rows,
+                )
+        except BaseException:
+            for model, deltas in pending.items():
+                self._add_pending(model, deltas)
+            raise
+
+    def flush_stats(self) -> None:
+        """Write the in-memory hit/miss counters now (fails open)."""
+        if self._closed:
+            return
+        with self._lock:
+            if not self._pending:
+                return
+        try:
+            with self._cache.transact():
+                self._write_counters({}, take_pending=True)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            logger.warning("rerank-cache: could not write stats counters (%s)", exc)
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Return entries, hits, misses, usage and a per-model breakdown (all processes)."""
+        with self._lock:
+            pending = {m: Counter(c) for m, c in self._pending.items()}
+        return _collect_stats(
+            self._cache._con,
+            str(self._directory),
+            time.time(),
+            pending,
+        )
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every score, or only ``model``'s; return how many were deleted.
+
+        Counters are kept (they describe history, not contents).
+        """
+        with self._cache.transact():
+            if model is None:
+                cur = self._cache._sql("DELETE FROM Cache")
+            else:
+                cur = self._cache._sql(
+                    f"DELETE FROM Cache WHERE {_model_expr()} = ? AND substr(key, 1, 2) = ?",
+                    (model, _KEY_HEAD),
+                )
+            return int(cur.rowcount)
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete expired scores; return how many were deleted."""
+        when = time.time() if now is None else now
+        with self._cache.transact():
+            cur = self._cache._sql(
+                "DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?", (when,)
+            )
+            return int(cur.rowcount)
+
+    def check(self, *, fix: bool = False) -> CheckReport:
+        """Check the store's integrity; with ``fix``, delete unsafe rows and fix counts.
+
+        Unsafe rows (not an inline float: tampered, or written by other software) are never
+        read; ``fix`` removes them. No file a row names is read or deleted.
+        """
+        messages: list[str] = []
+        sql = self._cache._sql
+        try:
+            integrity = "; ".join(r[0] for r in sql("PRAGMA integrity_check").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise CorruptCacheError(_corrupt_message(self._directory / "cache.db", exc)) from None
+        if integrity != "ok":
+            messages.append(f"SQLite integrity check: {integrity}")
+        rows = int(sql("SELECT count(*) FROM Cache").fetchone()[0])
+        unsafe = int(sql(f"SELECT count(*) FROM Cache WHERE NOT ({_SAFE_ROW})").fetchone()[0])
+        fixed = 0
+        if unsafe:
+            messages.append(f"{unsafe} unsafe row(s): not inline floats (never read)")
+        if fix:
+            with self._cache.transact():
+                if unsafe:
+                    fixed += int(sql(f"DELETE FROM Cache WHERE NOT ({_SAFE_ROW})").rowcount)
+                count = int(sql("SELECT count(*) FROM Cache").fetchone()[0])
+                sql("UPDATE Settings SET value = ? WHERE key = 'count'", (count,))
+                sql("UPDATE Settings SET value = 0 WHERE key = 'size'")
+        return CheckReport(
+            ok=integrity == "ok" and (unsafe == 0 or fixed == unsafe),
+            integrity=integrity,
+            rows=rows,
+            unsafe_rows=unsafe,
+            fixed=fixed,
+            messages=messages,
+        )
+
+    def close(self) -> None:
+        """Flush counters and close the store's connections."""
+        if self._closed:
+            return
+        self.flush_stats()
+        self._closed = True
+        self._cache.close()
+        _OPEN.discard(self)
+
+    def __enter__(self) -> ScoreCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> Literal[False]:
+        self.close()
+        return False

@@ -1,0 +1,147 @@
+"""Pure planning: text preparation, token estimates, batching, assembly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rerank_cache import Doc
+from rerank_cache.planning import (
+    ModelLimits,
+    assemble,
+    collect,
+    estimate_tokens,
+    limits_for,
+    plan_batches,
+    prepare_text,
+    trim_to_tokens,
+)
+from rerank_cache.testing import count_tokens
+
+GTE = limits_for("gte-rerank-v2")
+
+
+def test_limits_known_and_default() -> None:
+    """Known models get their documented limits; unknown models get conservative ones."""
+    assert GTE == ModelLimits(500, 4_000, 30_000)
+    assert limits_for("qwen3-vl-rerank").max_documents == 100
+    assert limits_for("some-future-model").max_documents <= 100
+
+
+def test_model_limits_reject_nonsense() -> None:
+    """A limit below 1 is a clear error, not an infinite loop later."""
+    with pytest.raises(ValueError, match="max_documents"):
+        ModelLimits(0, 10, 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_estimate_never_below_server_count(text: str) -> None:
+    """The client's estimate is at least the local server's token count for any text."""
+    assert estimate_tokens(text) >= count_tokens(text)
+
+
+def test_estimate_counts_cjk_per_character() -> None:
+    """CJK text counts one token per character, so CJK batches never overflow."""
+    assert estimate_tokens("向量数据库") == 5
+    assert estimate_tokens("abc def") == 2
+    assert estimate_tokens("2026") == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(min_value=1, max_value=60))
+def test_trim_respects_budget_and_is_prefix(text: str, budget: int) -> None:
+    """Trimming gives a prefix whose estimate fits the budget."""
+    trimmed = trim_to_tokens(text, budget)
+    assert text.startswith(trimmed)
+    assert estimate_tokens(trimmed) <= budget
+    if estimate_tokens(text) <= budget:
+        assert trimmed == text
+
+
+def test_prepare_text_skips_blank_and_none() -> None:
+    """None, empty and whitespace-only values are skipped; others are str()-ed and stripped."""
+    assert prepare_text(None, GTE) is None
+    assert prepare_text("  \n ", GTE) is None
+    assert prepare_text("", GTE) is None
+    assert prepare_text("  hello ", GTE) == "hello"
+    assert prepare_text(42, GTE) == "42"
+    assert prepare_text(0, GTE) == "0"
+
+
+def test_prepare_text_replaces_lone_surrogates() -> None:
+    """Text UTF-8 cannot encode is made encodable instead of failing inside the SDK."""
+    text = prepare_text("ok \ud800 there", GTE)
+    assert text is not None
+    text.encode("utf-8")
+    assert text.startswith("ok ")
+
+
+def test_prepare_text_trims_overlong() -> None:
+    """A document over the model's per-item token limit is trimmed to fit it."""
+    text = prepare_text("word " * 20_000, GTE)
+    assert text is not None
+    assert estimate_tokens(text) <= GTE.max_item_tokens
+    assert len(text) > 1_000
+
+
+def test_collect_dedupes_ids_and_texts() -> None:
+    """First occurrence of an id wins; identical texts under different ids are listed once."""
+    lists = [
+        [Doc("a", fields={"t": "alpha"}), Doc("b", fields={"t": "beta"})],
+        [Doc("a", fields={"t": "other"}), Doc("c", fields={"t": "alpha"}), None],
+    ]
+    got = collect(lists, "t", GTE)
+    assert [c.doc.id for c in got.candidates] == ["a", "b", "c"]
+    assert [c.text for c in got.candidates] == ["alpha", "beta", "alpha"]
+    assert got.texts == ("alpha", "beta")
+    assert got.seen == 4
+
+
+def test_collect_skips_textless_but_later_copy_counts() -> None:
+    """A copy of a document without the field does not hide a later copy that has it."""
+    lists = {"v1": [Doc("a", fields={})], "v2": [Doc("a", fields={"t": "x"})]}
+    got = collect(lists, "t", GTE)
+    assert [c.text for c in got.candidates] == ["x"]
+
+
+def test_collect_rejects_wrong_shapes() -> None:
+    """A bare list of documents or a string is a TypeError with a clear message."""
+    with pytest.raises(TypeError, match="list of lists"):
+        collect("nope", "t", GTE)
+    with pytest.raises(TypeError, match=r"query_results\[0\]"):
+        collect([Doc("a")], "t", GTE)
+
+
+def test_plan_batches_respects_both_limits() -> None:
+    """Every batch stays within the document limit and the token budget."""
+    limits = ModelLimits(max_documents=3, max_item_tokens=50, max_request_tokens=100)
+    texts = [f"doc {i} " + "word " * (i % 7) for i in range(20)]
+    batches = plan_batches("find words", texts, limits, budget_fraction=1.0)
+    assert sorted(i for b in batches for i in b) == list(range(20))
+    q = estimate_tokens("find words")
+    for batch in batches:
+        assert len(batch) <= 3
+        assert sum(q + estimate_tokens(texts[i]) for i in batch) <= 100
+
+
+def test_plan_batches_counts_instruct_once() -> None:
+    """The instruct text counts once per request against the budget."""
+    limits = ModelLimits(max_documents=100, max_item_tokens=50, max_request_tokens=20)
+    texts = ["aaa"] * 10  # 1 token + 1 query token each
+    without = plan_batches("q", texts, limits, budget_fraction=1.0)
+    with_instruct = plan_batches("q", texts, limits, instruct="x" * 30, budget_fraction=1.0)
+    assert len(without) == 1
+    assert len(with_instruct) == 2
+
+
+def test_assemble_sorts_stably_and_cuts() -> None:
+    """Best first, ties keep input order, topn applied, caller's type kept."""
+    lists = [[Doc("a", 0.1, fields={"t": "x"}), Doc("b", fields={"t": "y"}),
+              Doc("c", fields={"t": "z"})]]
+    got = collect(lists, "t", GTE)
+    out = assemble(got.candidates, {"x": 0.5, "y": 0.9, "z": 0.5}, 2)
+    assert [(d.id, d.score) for d in out] == [("b", 0.9), ("a", 0.5)]
+    assert all(isinstance(d, Doc) for d in out)
+    assert lists[0][0].score == 0.1  # inputs untouched
