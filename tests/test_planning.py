@@ -24,7 +24,7 @@ GTE = limits_for("gte-rerank-v2")
 
 def test_limits_known_and_default() -> None:
     """Known models get their documented limits; unknown models get conservative ones."""
-    assert GTE == ModelLimits(500, 4_000, 30_000)
+    assert ModelLimits(500, 4_000, 30_000) == GTE
     assert limits_for("qwen3-vl-rerank").max_documents == 100
     assert limits_for("some-future-model").max_documents <= 100
 
@@ -138,8 +138,9 @@ def test_plan_batches_counts_instruct_once() -> None:
 
 def test_assemble_sorts_stably_and_cuts() -> None:
     """Best first, ties keep input order, topn applied, caller's type kept."""
-    lists = [[Doc("a", 0.1, fields={"t": "x"}), Doc("b", fields={"t": "y"}),
-              Doc("c", fields={"t": "z"})]]
+    lists = [
+        [Doc("a", 0.1, fields={"t": "x"}), Doc("b", fields={"t": "y"}), Doc("c", fields={"t": "z"})]
+    ]
     got = collect(lists, "t", GTE)
     out = assemble(got.candidates, {"x": 0.5, "y": 0.9, "z": 0.5}, 2)
     assert [(d.id, d.score) for d in out] == [("b", 0.9), ("a", 0.5)]

@@ -308,6 +308,8 @@ class DashScopeClient:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in finished:
+                    if future.cancelled():
+                        continue
                     exc = future.exception()
                     if exc is None:
                         done(future.result())

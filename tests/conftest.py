@@ -1,0 +1,67 @@
+"""Shared fixtures: a local DashScope server, rerankers pointed at it, caches in tmp dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerank_cache import QwenReRanker, RetryPolicy, ScoreCache
+from rerank_cache.testing import DashScopeServer
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's real key, endpoint or cache directory."""
+    for name in ("DASHSCOPE_API_KEY", "DASHSCOPE_HTTP_BASE_URL", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RERANK_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture
+def server() -> Iterator[DashScopeServer]:
+    """A fresh local DashScope server on 127.0.0.1."""
+    with DashScopeServer() as srv:
+        yield srv
+
+
+class SleepRecorder:
+    """Records the waits a RetryPolicy asks for instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    """A sleep recorder for RetryPolicy(sleep=...)."""
+    return SleepRecorder()
+
+
+@pytest.fixture
+def make_reranker(server: DashScopeServer, sleeps: SleepRecorder) -> Callable[..., QwenReRanker]:
+    """Build a QwenReRanker pointed at the local server (retries do not really sleep)."""
+
+    def make(query: str = "vector database cache", **kwargs: Any) -> QwenReRanker:
+        kwargs.setdefault("rerank_field", "content")
+        kwargs.setdefault("api_key", API_KEY)
+        kwargs.setdefault("base_url", server.base_url)
+        kwargs.setdefault("retry", RetryPolicy(sleep=sleeps, backoff_base=0.01))
+        kwargs.setdefault("timeout", 5.0)
+        return QwenReRanker(query, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[ScoreCache]:
+    """A real diskcache-backed ScoreCache in a temporary directory."""
+    with ScoreCache(tmp_path / "scores") as store:
+        yield store

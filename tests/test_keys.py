@@ -1,0 +1,81 @@
+"""Cache keys: pinned format, determinism, no collisions across field boundaries."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rerank_cache.keys import KEY_VERSION, KeyBuilder, doc_hash, model_of, score_key
+
+text = st.text(max_size=40)
+maybe_text = st.none() | text
+
+
+def test_golden_key() -> None:
+    """The key format is pinned: changing it must bump KEY_VERSION (old entries then miss)."""
+    assert KEY_VERSION == 1
+    assert (
+        score_key(
+            "gte-rerank-v2",
+            None,
+            "what is a vector database",
+            "zvec is an in-process vector database",
+        )
+        == "1:gte-rerank-v2:5e3bdebbd62c4cd9520522a36b9bd42b"
+    )
+    assert (
+        score_key("qwen3-rerank", "Rank for RAG.", "向量", "doc")
+        == "1:qwen3-rerank:144644a524dbb3a223f8df5dcea17cef"
+    )
+
+
+def test_key_holds_no_plaintext() -> None:
+    """Neither the query nor the document appears in the key."""
+    key = score_key("m", None, "secret query", "secret document")
+    assert "secret" not in key
+    assert model_of(key) == "m"
+
+
+@settings(max_examples=200, deadline=None)
+@given(text, maybe_text, text, text)
+def test_builder_matches_function_and_is_deterministic(
+    model: str, instruct: str | None, query: str, doc: str
+) -> None:
+    """KeyBuilder and score_key agree, and the same inputs always give the same key."""
+    kb = KeyBuilder(model, instruct, query)
+    assert kb.key(doc) == score_key(model, instruct, query, doc)
+    assert kb.key_for_hash(doc_hash(doc)) == kb.key(doc)
+    assert score_key(model, instruct, query, doc) == score_key(model, instruct, query, doc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.tuples(text, maybe_text, text, text),
+    st.tuples(text, maybe_text, text, text),
+)
+def test_distinct_inputs_distinct_keys(
+    a: tuple[str, str | None, str, str], b: tuple[str, str | None, str, str]
+) -> None:
+    """Different (model, instruct, query, doc) tuples never share a key."""
+    if a != b:
+        assert score_key(*a) != score_key(*b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text, text, text, st.integers(min_value=0, max_value=40))
+def test_moving_text_across_boundaries_changes_key(q: str, d: str, extra: str, cut: int) -> None:
+    """Moving characters between query and instruct, or query and document, changes the key."""
+    joined = q + d
+    cut = min(cut, len(joined))
+    moved_q, moved_d = joined[:cut], joined[cut:]
+    if (moved_q, moved_d) != (q, d):
+        assert score_key("m", None, q, d) != score_key("m", None, moved_q, moved_d)
+    assert score_key("m", extra, q, d) != score_key("m", None, extra + q, d)
+    assert score_key("m", "", q, d) != score_key("m", None, q, d)
+
+
+def test_model_of_rejects_foreign_keys() -> None:
+    """Keys not in the current format have no model."""
+    assert model_of("0:m:" + "0" * 32) is None
+    assert model_of("nonsense") is None
+    assert model_of("1:a:b:" + "f" * 32) == "a:b"
