@@ -25,8 +25,10 @@ from .errors import (
 )
 from .keys import score_key
 from .planning import ModelLimits, estimate_tokens, limits_for
+from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
 from .store import CacheStats, ModelStats, ScoreCache, default_cache_dir, read_stats
+from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 
 __version__ = "0.1.0"
 
@@ -43,12 +45,16 @@ __all__ = [
     "DashScopeError",
     "Doc",
     "DocLike",
+    "InvalidLineError",
+    "LineSkipped",
+    "LineWarmed",
     "MalformedResponseError",
     "ModelLimits",
     "ModelStats",
     "NoDocumentsError",
     "QwenReRanker",
     "RateLimitError",
+    "RateLimiter",
     "RequestTimeoutError",
     "RerankCacheError",
     "RetryPolicy",
@@ -56,10 +62,12 @@ __all__ = [
     "ScoreResult",
     "TransportError",
     "UsageTotals",
+    "WarmSummary",
     "__version__",
     "default_cache_dir",
     "estimate_tokens",
     "limits_for",
     "read_stats",
     "score_key",
+    "warm",
 ]

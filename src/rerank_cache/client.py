@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
 )
 from .planning import ModelLimits, plan_batches
+from .ratelimit import RateLimiter
 
 __all__ = ["BatchResult", "DashScopeClient", "RetryPolicy", "ScoreResult", "UsageTotals"]
 
@@ -194,6 +195,7 @@ class DashScopeClient:
         timeout: seconds to wait for one HTTP response.
         retry: the retry policy.
         max_concurrency: requests in flight at once for one call.
+        rate_limiter: if given, every attempt first takes a slot from it.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class DashScopeClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_concurrency: int = 4,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -220,6 +223,7 @@ class DashScopeClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
+        self.rate_limiter = rate_limiter
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._totals = UsageTotals()
@@ -235,19 +239,6 @@ class DashScopeClient:
         """Cumulative usage of this client."""
         with self._lock:
             return self._totals
-
-    def with_instruct(self, instruct: str | None) -> DashScopeClient:
-        """Return a client like this one with another ``instruct``; usage is not shared."""
-        return DashScopeClient(
-            api_key=self._api_key,
-            model=self.model,
-            base_url=self.base_url,
-            limits=self.limits,
-            instruct=instruct,
-            timeout=self.timeout,
-            retry=self.retry,
-            max_concurrency=self.max_concurrency,
-        )
 
     # -- public scoring path -------------------------------------------------------------
 
@@ -405,6 +396,8 @@ class DashScopeClient:
     def _attempt(
         self, query: str, texts: tuple[str, ...], timeout: float, attempt: int
     ) -> BatchResult:
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire()
         kwargs: dict[str, Any] = {}
         if self.instruct is not None:
             kwargs["instruct"] = self.instruct

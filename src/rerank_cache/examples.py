@@ -57,6 +57,16 @@ TITLE_VECTOR: Final = "title_vec"
 _CORPUS_FILE: Final = "corpus.jsonl"
 _FIELDS: Final = ("id", "title", "content")
 _TOKEN: Final = re.compile(r"\w+")
+# Function words carry no topic; with only a few dozen buckets they would otherwise dominate
+# every vector and make unrelated texts look alike.
+_STOP_WORDS_TEXT: Final = """
+    a about after all also an and any are as at be because been before being but by can could
+    did do does doing for from had has have how i if in into is it its just me more most my no
+    not of on once only or other our out over own same should so some such than that the their
+    them then there these they this those through to too under until up very was we were what
+    when where which while who why will with would you your
+"""
+_STOP_WORDS: Final = frozenset(_STOP_WORDS_TEXT.split())
 _INSERT_BATCH: Final = 500
 
 
@@ -88,17 +98,18 @@ def load_corpus() -> list[dict[str, str]]:
 def embed(text: str, dim: int = DEFAULT_DIM) -> list[float]:
     """Embed ``text`` as a deterministic, L2-normalised hashed bag of words.
 
-    Each lowercase ``\\w+`` token is hashed with BLAKE2b into one of ``dim`` buckets and a
-    sign (+1 or -1, so unrelated collisions tend to cancel), and the counts are scaled to unit
-    length. Texts sharing words therefore have a high cosine similarity. The result is the
-    same in every process and on every platform (no ``PYTHONHASHSEED`` dependence).
+    Each lowercase ``\\w+`` token, except common English function words ("the", "and",
+    "how", ...), is hashed with BLAKE2b into one of ``dim`` buckets and a sign (+1 or -1, so
+    unrelated collisions tend to cancel), and the counts are scaled to unit length. Texts
+    sharing words therefore have a high cosine similarity. The result is the same in every
+    process and on every platform (no ``PYTHONHASHSEED`` dependence).
 
     Args:
         text: The text to embed.
         dim: The vector's dimension.
 
     Returns:
-        ``dim`` floats with an L2 norm of 1, or all zeros when ``text`` has no word tokens.
+        ``dim`` floats with an L2 norm of 1, or all zeros when ``text`` has no tokens left.
 
     Raises:
         ValueError: If ``dim`` is not a positive integer.
@@ -112,6 +123,8 @@ def embed(text: str, dim: int = DEFAULT_DIM) -> list[float]:
         raise ValueError(f"dim must be a positive integer, not {dim!r}")
     vector = [0.0] * dim
     for token in _TOKEN.findall(text.lower()):
+        if token in _STOP_WORDS:
+            continue
         digest = hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest()
         bucket = int.from_bytes(digest[:7], "big") % dim
         vector[bucket] += 1.0 if digest[7] & 1 else -1.0

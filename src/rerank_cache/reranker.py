@@ -23,6 +23,7 @@ from .client import (
 )
 from .errors import ConfigurationError, NoDocumentsError
 from .planning import Collected, ModelLimits, assemble, collect, limits_for
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .cached import CachedReRanker
@@ -74,6 +75,9 @@ class QwenReRanker:
         timeout: seconds to wait for one HTTP response.
         retry: how failed requests are retried (see :class:`RetryPolicy`).
         max_concurrency: requests in flight at once for one rerank.
+        max_rpm: if set, at most this many requests start per minute (shared by
+            :meth:`with_query` copies); retries count too. Pass a :class:`RateLimiter`
+            to share one limit between rerankers.
         limits: request limits; defaults to the documented limits of ``model``.
 
     Raises:
@@ -101,6 +105,7 @@ class QwenReRanker:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_concurrency: int = 4,
+        max_rpm: float | RateLimiter | None = None,
         limits: ModelLimits | None = None,
     ) -> None:
         if isinstance(topn, str):
@@ -133,6 +138,11 @@ class QwenReRanker:
             timeout=timeout,
             retry=retry,
             max_concurrency=max_concurrency,
+            rate_limiter=(
+                max_rpm
+                if isinstance(max_rpm, RateLimiter) or max_rpm is None
+                else RateLimiter(max_rpm)
+            ),
         )
 
     @classmethod

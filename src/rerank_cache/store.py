@@ -299,13 +299,16 @@ def read_stats(directory: str | os.PathLike[str] | None = None) -> CacheStats:
     """Read a cache's stats without changing anything, even while others write.
 
     Opens ``cache.db`` read-only (no diskcache settings are written, no lock is taken that
-    blocks writers). A directory without a cache reads as empty.
+    blocks writers). A missing directory, or one without a cache, reads as empty.
 
     Raises:
         CacheDirectoryError: the directory is unsafe or unreadable.
         CorruptCacheError: the cache file is damaged.
     """
-    path = secure_directory(Path(directory) if directory else default_cache_dir(), create=False)
+    path = Path(os.path.abspath(Path(directory) if directory else default_cache_dir()))
+    if not os.path.lexists(path):
+        return _collect_stats(sqlite3.connect(":memory:"), str(path), time.time())
+    path = secure_directory(path, create=False)
     db = path / "cache.db"
     if not db.exists():
         return _collect_stats(sqlite3.connect(":memory:"), str(path), time.time())
@@ -628,14 +631,26 @@ class ScoreCache:
                 )
             return int(cur.rowcount)
 
-    def expire(self, now: float | None = None) -> int:
-        """Delete expired scores; return how many were deleted."""
+    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
+        """Delete expired scores (only ``model``'s, if given); return how many."""
         when = time.time() if now is None else now
+        sql = "DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?"
+        args: tuple[Any, ...] = (when,)
+        if model is not None:
+            sql += f" AND {_model_expr()} = ? AND substr(key, 1, 2) = ?"
+            args += (model, _KEY_HEAD)
         with self._cache.transact():
-            cur = self._cache._sql(
-                "DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?", (when,)
-            )
-            return int(cur.rowcount)
+            return int(self._cache._sql(sql, args).rowcount)
+
+    def count(self, *, model: str | None = None, expired: bool = False) -> int:
+        """Count live scores (or expired ones), optionally only ``model``'s."""
+        sql = "SELECT count(*) FROM Cache WHERE raw = 1 AND "
+        sql += "NOT " + _LIVE if expired else _LIVE
+        args: tuple[Any, ...] = (time.time(),)
+        if model is not None:
+            sql += f" AND {_model_expr()} = ? AND substr(key, 1, 2) = ?"
+            args += (model, _KEY_HEAD)
+        return int(self._cache._sql(sql, args).fetchone()[0])
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Check the store's integrity; with ``fix``, delete unsafe rows and fix counts.

@@ -1,0 +1,62 @@
+"""Project hygiene: lint, types, and a tidy public API."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rerank_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_ruff_clean() -> None:
+    """ruff finds nothing to fix in src, tests and scripts."""
+    proc = _run("ruff", "check", "src", "tests", "scripts")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run("ruff", "format", "--check", "src", "tests", "scripts")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_strict_clean() -> None:
+    """The package type-checks under mypy --strict."""
+    proc = _run("mypy")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted, and every name in it exists."""
+    names = rerank_cache.__all__
+    assert names == sorted(names)
+    for name in names:
+        assert hasattr(rerank_cache, name), name
+
+
+@pytest.mark.parametrize("name", [n for n in rerank_cache.__all__ if not n.startswith("__")])
+def test_public_objects_have_docstrings(name: str) -> None:
+    """Every public class and function says what it is for."""
+    obj = getattr(rerank_cache, name)
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        assert inspect.getdoc(obj), name
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not (
+                    inspect.isfunction(member) or isinstance(member, property)
+                ):
+                    continue
+                assert inspect.getdoc(member), f"{name}.{attr}"
