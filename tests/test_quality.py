@@ -60,3 +60,25 @@ def test_public_objects_have_docstrings(name: str) -> None:
                 ):
                     continue
                 assert inspect.getdoc(member), f"{name}.{attr}"
+
+
+MODULES = sorted(
+    p.stem for p in (ROOT / "src" / "rerank_cache").glob("*.py") if p.stem != "__main__"
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples_run(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every example in a docstring runs and prints what it claims."""
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    mod = importlib.import_module(
+        f"rerank_cache.{module}" if module != "__init__" else "rerank_cache"
+    )
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
