@@ -146,3 +146,17 @@ def test_assemble_sorts_stably_and_cuts() -> None:
     assert [(d.id, d.score) for d in out] == [("b", 0.9), ("a", 0.5)]
     assert all(isinstance(d, Doc) for d in out)
     assert lists[0][0].score == 0.1  # inputs untouched
+
+
+def _reference_estimate(text: str) -> int:
+    """The unit-by-unit definition the fast estimator must equal."""
+    from rerank_cache.planning import _UNIT, _unit_tokens
+
+    return sum(_unit_tokens(m.group()) for m in _UNIT.finditer(text))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200) | st.sampled_from(["a\u2003b", "x\x1cy", "\U0001f600!", "\ud800"]))
+def test_fast_estimate_equals_definition(text: str) -> None:
+    """The fast estimator counts exactly what the unit-by-unit definition counts."""
+    assert estimate_tokens(text) == _reference_estimate(text)

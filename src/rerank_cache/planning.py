@@ -85,9 +85,9 @@ def limits_for(model: str) -> ModelLimits:
     return MODEL_LIMITS.get(model, DEFAULT_LIMITS)
 
 
-# One match per estimated unit: a run of ASCII letters, one digit, whitespace, one ASCII
-# symbol, or one non-ASCII character.
-_UNIT = re.compile(r"[A-Za-z]+|[0-9]|\s+|[\x21-\x7e]|[^\x00-\x7f]")
+# One match per estimated unit: a run of ASCII letters, one digit, ASCII whitespace, one
+# ASCII symbol, or one non-ASCII character (Unicode spaces count: conservative).
+_UNIT = re.compile(r"[A-Za-z]+|[0-9]|[\t\n\v\f\r ]+|[\x21-\x7e]|[^\x00-\x7f]")
 _LETTERS_PER_TOKEN = 3
 
 
@@ -100,6 +100,10 @@ def _unit_tokens(unit: str) -> int:
             return 0
         return 1
     return 2 if ord(first) > 0xFFFF else 1
+
+
+_LETTER_RUN = re.compile(r"[A-Za-z]+")
+_ASCII_SYMBOL = re.compile(r"[\x21-\x40\x5b-\x60\x7b-\x7e]")  # digits and punctuation
 
 
 def estimate_tokens(text: str) -> int:
@@ -115,7 +119,12 @@ def estimate_tokens(text: str) -> int:
         >>> estimate_tokens("向量数据库")
         5
     """
-    return sum(_unit_tokens(m.group()) for m in _UNIT.finditer(text))
+    tokens = sum((len(run) + 2) // 3 for run in _LETTER_RUN.findall(text))
+    tokens += len(_ASCII_SYMBOL.findall(text))
+    if not text.isascii():
+        tokens += len(text) - len(text.encode("ascii", "ignore"))
+        tokens += len(text.encode("utf-16-le", "surrogatepass")) // 2 - len(text)  # astral
+    return tokens
 
 
 def trim_to_tokens(text: str, max_tokens: int) -> str:
@@ -157,7 +166,10 @@ def prepare_text(value: Any, limits: ModelLimits) -> str | None:
         text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if len(text) > limits.max_item_chars:
         text = text[: limits.max_item_chars]
-    if estimate_tokens(text) > limits.max_item_tokens:
+    # No text estimates above two tokens per character (one if ASCII): skip the count
+    # for texts that cannot reach the limit, which is nearly all of them.
+    bound = len(text) if text.isascii() else 2 * len(text)
+    if bound > limits.max_item_tokens and estimate_tokens(text) > limits.max_item_tokens:
         text = trim_to_tokens(text, limits.max_item_tokens)
     return text
 
