@@ -14,9 +14,15 @@ from typing import Any
 
 from .client import BatchResult, ScoreResult
 from .keys import KeyBuilder
-from .planning import Collected, assemble
+from .planning import Collected
 from .protocols import Scorer
-from .reranker import check_topn, nothing_to_score
+from .reranker import (
+    OnError,
+    check_on_error,
+    check_topn,
+    nothing_to_score,
+    score_and_assemble,
+)
 from .store import ScoreCache
 
 __all__ = ["CachedReRanker"]
@@ -31,6 +37,8 @@ class CachedReRanker:
     Args:
         reranker: the reranker to wrap (a :class:`QwenReRanker` or another wrapper).
         cache: the score store, shared freely between rerankers, threads and processes.
+        on_error: ``"raise"`` or ``"fallback"`` (see :class:`QwenReRanker`); by default the
+            wrapped reranker's setting. Fallbacks are counted in the cache's stats.
 
     Example:
         >>> from rerank_cache import QwenReRanker, ScoreCache
@@ -43,9 +51,14 @@ class CachedReRanker:
         >>> cache.close()
     """
 
-    def __init__(self, reranker: Scorer, cache: ScoreCache) -> None:
+    def __init__(
+        self, reranker: Scorer, cache: ScoreCache, *, on_error: OnError | None = None
+    ) -> None:
         self._reranker = reranker
         self._cache = cache
+        self._on_error = check_on_error(
+            getattr(reranker, "on_error", "raise") if on_error is None else on_error
+        )
 
     # -- the wrapped reranker's interface ------------------------------------------------
 
@@ -84,6 +97,11 @@ class CachedReRanker:
         """The task instruction, if any."""
         return self._reranker.instruct
 
+    @property
+    def on_error(self) -> OnError:
+        """What :meth:`rerank` does when DashScope fails: ``"raise"`` or ``"fallback"``."""
+        return self._on_error
+
     def __getattr__(self, name: str) -> Any:
         # Anything else the wrapped reranker offers (usage, limits, base_url...).
         if name.startswith("_"):
@@ -95,7 +113,9 @@ class CachedReRanker:
 
     def with_query(self, query: str) -> CachedReRanker:
         """Return a cheap copy for another query, sharing the cache and the client."""
-        return CachedReRanker(self._reranker.with_query(query), self._cache)
+        return CachedReRanker(
+            self._reranker.with_query(query), self._cache, on_error=self._on_error
+        )
 
     def prepare(self, query_results: Any) -> Collected[Any]:
         """Deduplicate the documents and compute the exact texts to send (no I/O)."""
@@ -195,5 +215,7 @@ class CachedReRanker:
         collected = self.prepare(query_results)
         if not collected.candidates:
             return nothing_to_score(collected, self.rerank_field)
-        result = self.score_texts(collected.texts)
-        return assemble(collected.candidates, result.scores, limit)
+        model = self.model
+        return score_and_assemble(
+            self, collected, limit, self._on_error, lambda: self._cache.record_fallback(model)
+        )

@@ -10,6 +10,7 @@ token usage and request ids.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -137,6 +138,8 @@ class UsageTotals:
         total_tokens: tokens billed.
         retries: attempts beyond the first, across all requests.
         failures: requests that ended in an error.
+        fallbacks: reranks that returned retrieval order after a failure
+            (``on_error="fallback"``).
     """
 
     requests: int = 0
@@ -144,6 +147,7 @@ class UsageTotals:
     total_tokens: int = 0
     retries: int = 0
     failures: int = 0
+    fallbacks: int = 0
 
 
 class _RetryableError(Exception):
@@ -352,23 +356,27 @@ class DashScopeClient:
             except DashScopeError:
                 self._count_failure()
                 raise
-            with self._lock:
-                t = self._totals
-                self._totals = UsageTotals(
-                    requests=t.requests + 1,
-                    documents=t.documents + len(texts),
-                    total_tokens=t.total_tokens + result.total_tokens,
-                    retries=t.retries + attempt - 1,
-                    failures=t.failures,
-                )
+            self._count(
+                requests=1,
+                documents=len(texts),
+                total_tokens=result.total_tokens,
+                retries=attempt - 1,
+            )
             return result
 
-    def _count_failure(self) -> None:
+    def _count(self, **deltas: int) -> None:
         with self._lock:
             t = self._totals
-            self._totals = UsageTotals(
-                t.requests, t.documents, t.total_tokens, t.retries, t.failures + 1
+            self._totals = dataclasses.replace(
+                t, **{name: getattr(t, name) + value for name, value in deltas.items()}
             )
+
+    def _count_failure(self) -> None:
+        self._count(failures=1)
+
+    def count_fallback(self) -> None:
+        """Count a rerank that fell back to retrieval order."""
+        self._count(fallbacks=1)
 
     def _final(
         self, retryable: _RetryableError, attempts: int, out_of_time: bool

@@ -9,9 +9,10 @@ instead of being written into the SDK's globals.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .client import (
     DEFAULT_BASE_URL,
@@ -21,15 +22,29 @@ from .client import (
     ScoreResult,
     UsageTotals,
 )
-from .errors import ConfigurationError, NoDocumentsError
+from .errors import ConfigurationError, DashScopeError, NoDocumentsError
 from .planning import Collected, ModelLimits, assemble, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .cached import CachedReRanker
+    from .protocols import Scorer
     from .store import ScoreCache
 
-__all__ = ["DEFAULT_MODEL", "QwenReRanker", "check_topn", "nothing_to_score"]
+logger = logging.getLogger("rerank_cache")
+
+#: What a reranker does when DashScope fails after retries.
+OnError = Literal["raise", "fallback"]
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OnError",
+    "QwenReRanker",
+    "check_on_error",
+    "check_topn",
+    "nothing_to_score",
+    "score_and_assemble",
+]
 
 #: The model zvec and the SDK default to.
 DEFAULT_MODEL = "gte-rerank-v2"
@@ -79,6 +94,9 @@ class QwenReRanker:
             :meth:`with_query` copies); retries count too. Pass a :class:`RateLimiter`
             to share one limit between rerankers.
         limits: request limits; defaults to the documented limits of ``model``.
+        on_error: ``"raise"`` (default) raises :class:`DashScopeError` when DashScope fails
+            after retries; ``"fallback"`` logs a warning, counts it, and returns the
+            documents in retrieval order with their original scores.
 
     Raises:
         ValueError: (a :class:`ConfigurationError`) when the query is empty or None,
@@ -107,6 +125,7 @@ class QwenReRanker:
         max_concurrency: int = 4,
         max_rpm: float | RateLimiter | None = None,
         limits: ModelLimits | None = None,
+        on_error: OnError = "raise",
     ) -> None:
         if isinstance(topn, str):
             # zvec 0.8.0 positional order: (query, rerank_field, model, api_key).
@@ -116,6 +135,7 @@ class QwenReRanker:
             topn, rerank_field, model = 10, topn, shifted_model
         self._query = _check_query(query)
         self._topn = check_topn(topn)
+        self._on_error = check_on_error(on_error)
         if rerank_field is None or not isinstance(rerank_field, str) or not rerank_field:
             raise ConfigurationError(
                 "rerank_field is required: the name of the document field to score"
@@ -147,9 +167,10 @@ class QwenReRanker:
 
     @classmethod
     def _from_client(
-        cls, client: DashScopeClient, query: str, topn: int, rerank_field: str
+        cls, client: DashScopeClient, query: str, topn: int, rerank_field: str, on_error: OnError
     ) -> QwenReRanker:
         new = cls.__new__(cls)
+        new._on_error = on_error
         new._query = _check_query(query)
         new._topn = check_topn(topn)
         new._rerank_field = rerank_field
@@ -194,6 +215,11 @@ class QwenReRanker:
         return self._client.limits
 
     @property
+    def on_error(self) -> OnError:
+        """What :meth:`rerank` does when DashScope fails: ``"raise"`` or ``"fallback"``."""
+        return self._on_error
+
+    @property
     def usage(self) -> UsageTotals:
         """Cumulative DashScope usage of this reranker and its :meth:`with_query` copies."""
         return self._client.usage
@@ -206,7 +232,9 @@ class QwenReRanker:
 
     def with_query(self, query: str) -> QwenReRanker:
         """Return a copy for another query, sharing the client (key, settings, usage)."""
-        return QwenReRanker._from_client(self._client, query, self._topn, self._rerank_field)
+        return QwenReRanker._from_client(
+            self._client, query, self._topn, self._rerank_field, self._on_error
+        )
 
     def cached(self, cache: ScoreCache | None = None) -> CachedReRanker:
         """Return this reranker with the score cache in front: ``QwenReRanker(...).cached()``.
@@ -263,15 +291,52 @@ class QwenReRanker:
             NoDocumentsError: (a ``ValueError``, as zvec raises) documents were given but
                 none has text in :attr:`rerank_field`.
             ValueError: ``topn`` is not a positive integer.
-            DashScopeError: DashScope failed after retries.
+            DashScopeError: DashScope failed after retries (unless ``on_error="fallback"``,
+                which returns the documents in retrieval order instead).
         """
         del fields
         limit = self._topn if topn is None else check_topn(topn)
         collected = self.prepare(query_results)
         if not collected.candidates:
             return nothing_to_score(collected, self._rerank_field)
-        result = self.score_texts(collected.texts)
-        return assemble(collected.candidates, result.scores, limit)
+        return score_and_assemble(
+            self, collected, limit, self._on_error, self._client.count_fallback
+        )
+
+
+def check_on_error(on_error: Any) -> OnError:
+    """Return ``on_error`` if it is ``"raise"`` or ``"fallback"``, else raise."""
+    if on_error not in ("raise", "fallback"):
+        raise ConfigurationError(f"on_error must be 'raise' or 'fallback', not {on_error!r}")
+    return on_error  # type: ignore[no-any-return]
+
+
+def score_and_assemble(
+    scorer: Scorer,
+    collected: Collected[Any],
+    limit: int,
+    on_error: OnError,
+    on_fallback: Callable[[], None],
+) -> list[Any]:
+    """Score the collected texts and rank the documents; fall back if asked to.
+
+    With ``on_error="fallback"``, a DashScope failure returns the documents in retrieval
+    order with their original scores (logged as a warning and counted) instead of raising.
+    """
+    try:
+        result = scorer.score_texts(collected.texts)
+    except DashScopeError as exc:
+        if on_error != "fallback":
+            raise
+        logger.warning(
+            "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
+            "with their original scores (on_error='fallback')",
+            exc,
+            min(limit, len(collected.candidates)),
+        )
+        on_fallback()
+        return [candidate.doc for candidate in collected.candidates[:limit]]
+    return assemble(collected.candidates, result.scores, limit)
 
 
 def nothing_to_score(collected: Collected[Any], rerank_field: str) -> list[Any]:
