@@ -15,7 +15,7 @@ from typing import Any
 from .client import BatchResult, ScoreResult
 from .keys import KeyBuilder
 from .planning import Collected
-from .protocols import Scorer
+from .protocols import Scorer, ScoreStore
 from .reranker import (
     OnError,
     check_on_error,
@@ -23,7 +23,6 @@ from .reranker import (
     nothing_to_score,
     score_and_assemble,
 )
-from .store import ScoreCache
 
 __all__ = ["CachedReRanker"]
 
@@ -52,7 +51,7 @@ class CachedReRanker:
     """
 
     def __init__(
-        self, reranker: Scorer, cache: ScoreCache, *, on_error: OnError | None = None
+        self, reranker: Scorer, cache: ScoreStore, *, on_error: OnError | None = None
     ) -> None:
         self._reranker = reranker
         self._cache = cache
@@ -68,7 +67,7 @@ class CachedReRanker:
         return self._reranker
 
     @property
-    def cache(self) -> ScoreCache:
+    def cache(self) -> ScoreStore:
         """The score store."""
         return self._cache
 

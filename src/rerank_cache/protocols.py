@@ -7,6 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from .client import BatchResult, ScoreResult
 from .planning import Collected
+from .singleflight import SingleFlight
+from .store import CacheStats, CheckReport
 
 __all__ = ["ScoreStore", "Scorer"]
 
@@ -52,7 +54,15 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class ScoreStore(Protocol):
-    """A store of scores by key, as :class:`ScoreCache` implements it."""
+    """A store of scores by key: :class:`ScoreCache` (diskcache) implements it.
+
+    :class:`CachedReRanker` needs only the first five members; the CLI uses the rest.
+    Implementations never raise for storage trouble on the request path (``get_many``,
+    ``put_many``, ``record_*``): they fail open, log and count.
+    """
+
+    #: Keys being fetched right now by threads and tasks of this process.
+    flights: SingleFlight
 
     def get_many(self, keys: Iterable[str]) -> dict[str, float]:
         """Batched lookup; absent keys are misses. Never raises for storage trouble."""
@@ -67,3 +77,27 @@ class ScoreStore(Protocol):
         tokens_billed: int = 0,
     ) -> bool:
         """Store scores and usage in one transaction; False when it failed open."""
+
+    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+        """Count pairs looked up."""
+
+    def record_fallback(self, model: str) -> None:
+        """Count a rerank that fell back to retrieval order."""
+
+    def stats(self) -> CacheStats:
+        """Entries, hits, misses, usage and a per-model breakdown."""
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every score, or one model's; return how many."""
+
+    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
+        """Delete expired scores; return how many."""
+
+    def count(self, *, model: str | None = None, expired: bool = False) -> int:
+        """Count live (or expired) scores."""
+
+    def check(self, *, fix: bool = False) -> CheckReport:
+        """Check integrity; with ``fix``, repair what can be repaired."""
+
+    def close(self) -> None:
+        """Flush counters and release connections."""
