@@ -9,7 +9,8 @@ returned), and merge. A cached score is the very float DashScope returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .client import BatchResult, ScoreResult
@@ -18,6 +19,7 @@ from .planning import Collected
 from .protocols import Scorer, ScoreStore
 from .reranker import (
     OnError,
+    ascore_and_assemble,
     check_on_error,
     check_topn,
     nothing_to_score,
@@ -137,14 +139,7 @@ class CachedReRanker:
         builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
         key_of = {text: builder.key(text) for text in texts}
         found = cache.get_many(key_of.values())
-        scores: dict[str, float] = {}
-        pending: dict[str, str] = {}
-        for text, key in key_of.items():
-            value = found.get(key)
-            if value is None:
-                pending[key] = text
-            else:
-                scores[text] = value
+        scores, pending = _split(key_of, found)
         hits = len(scores)
         sent: list[BatchResult] = []
         try:
@@ -153,6 +148,70 @@ class CachedReRanker:
         finally:
             cache.record_lookup(model, hits=hits, misses=len(key_of) - hits)
         return ScoreResult(scores, tuple(sent))
+
+    async def ascore_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], Awaitable[None]] | None = None,
+    ) -> ScoreResult:
+        """The asyncio twin of :meth:`score_texts`; store I/O runs in worker threads.
+
+        Overlapping misses requested by concurrent tasks (or threads) are sent once. A
+        cancelled task writes no partial entry: each request's scores are stored in one
+        transaction or not at all, and tasks waiting on its keys fetch them themselves.
+        """
+        cache = self._cache
+        model = self._reranker.model
+        builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
+        key_of = {text: builder.key(text) for text in texts}
+        found = await asyncio.to_thread(cache.get_many, list(key_of.values()))
+        scores, pending = _split(key_of, found)
+        hits = len(scores)
+        sent: list[BatchResult] = []
+        try:
+            if pending:
+                hits += await self._afetch(pending, key_of, scores, sent, on_batch)
+        finally:
+            await asyncio.to_thread(
+                cache.record_lookup, model, hits=hits, misses=len(key_of) - hits
+            )
+        return ScoreResult(scores, tuple(sent))
+
+    async def _afetch(
+        self,
+        pending: dict[str, str],
+        key_of: dict[str, str],
+        scores: dict[str, float],
+        sent: list[BatchResult],
+        on_batch: Callable[[BatchResult], Awaitable[None]] | None,
+    ) -> int:
+        """The asyncio twin of :meth:`_fetch`."""
+        cache = self._cache
+        late_hits = 0
+
+        async def stored(batch: BatchResult) -> None:
+            fresh = self._fresh(batch, key_of)
+            await asyncio.to_thread(self._store, batch, fresh)
+            self._landed(batch, fresh, scores, sent)
+            if on_batch is not None:
+                await on_batch(batch)
+
+        while pending:
+            with cache.flights.claim(list(pending)) as (mine, theirs):
+                if mine:
+                    late = await asyncio.to_thread(cache.get_many, mine)
+                    late_hits += self._take_late(late, pending, scores)
+                    to_send = [pending[key] for key in mine if key not in late]
+                    if to_send:
+                        await self._reranker.ascore_texts(to_send, on_batch=stored)
+                    for key in mine:
+                        pending.pop(key, None)
+            for key, flight in theirs.items():
+                await flight.wait_async()
+                if flight.score is not None:
+                    scores[pending.pop(key)] = flight.score
+        return late_hits
 
     def _fetch(
         self,
@@ -167,17 +226,9 @@ class CachedReRanker:
         late_hits = 0
 
         def stored(batch: BatchResult) -> None:
-            fresh = {key_of[t]: s for t, s in zip(batch.texts, batch.scores, strict=True)}
-            cache.put_many(
-                fresh,
-                model=self._reranker.model,
-                api_requests=1,
-                documents_sent=len(batch.texts),
-                tokens_billed=batch.total_tokens,
-            )
-            cache.flights.publish(fresh)
-            scores.update(zip(batch.texts, batch.scores, strict=True))
-            sent.append(batch)
+            fresh = self._fresh(batch, key_of)
+            self._store(batch, fresh)
+            self._landed(batch, fresh, scores, sent)
             if on_batch is not None:
                 on_batch(batch)
 
@@ -186,20 +237,52 @@ class CachedReRanker:
                 if mine:
                     # Another thread may have stored some of these since our first read.
                     late = cache.get_many(mine)
-                    for key, value in late.items():
-                        scores[pending.pop(key)] = value
-                    late_hits += len(late)
+                    late_hits += self._take_late(late, pending, scores)
                     to_send = [pending[key] for key in mine if key not in late]
                     if to_send:
                         self._reranker.score_texts(to_send, on_batch=stored)
                     for key in mine:
                         pending.pop(key, None)
             for key, flight in theirs.items():
-                flight.event.wait()
+                flight.wait()
                 if flight.score is not None:
                     scores[pending.pop(key)] = flight.score
             # Keys whose owner failed stay pending: this thread claims them next round.
         return late_hits
+
+    # -- shared by the sync and async paths ----------------------------------------------
+
+    @staticmethod
+    def _fresh(batch: BatchResult, key_of: dict[str, str]) -> dict[str, float]:
+        return {key_of[t]: s for t, s in zip(batch.texts, batch.scores, strict=True)}
+
+    def _store(self, batch: BatchResult, fresh: dict[str, float]) -> None:
+        self._cache.put_many(
+            fresh,
+            model=self._reranker.model,
+            api_requests=1,
+            documents_sent=len(batch.texts),
+            tokens_billed=batch.total_tokens,
+        )
+
+    def _landed(
+        self,
+        batch: BatchResult,
+        fresh: dict[str, float],
+        scores: dict[str, float],
+        sent: list[BatchResult],
+    ) -> None:
+        self._cache.flights.publish(fresh)
+        scores.update(zip(batch.texts, batch.scores, strict=True))
+        sent.append(batch)
+
+    @staticmethod
+    def _take_late(
+        late: dict[str, float], pending: dict[str, str], scores: dict[str, float]
+    ) -> int:
+        for key, value in late.items():
+            scores[pending.pop(key)] = value
+        return len(late)
 
     def rerank(
         self,
@@ -218,3 +301,36 @@ class CachedReRanker:
         return score_and_assemble(
             self, collected, limit, self._on_error, lambda: self._cache.record_fallback(model)
         )
+
+    async def arerank(
+        self,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """The asyncio twin of :meth:`rerank`: same results, never blocks the event loop."""
+        del fields
+        limit = self.topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self.rerank_field)
+        model = self.model
+        return await ascore_and_assemble(
+            self, collected, limit, self._on_error, lambda: self._cache.record_fallback(model)
+        )
+
+
+def _split(
+    key_of: dict[str, str], found: dict[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Split texts into cached scores (text -> score) and misses (key -> text). Pure."""
+    scores: dict[str, float] = {}
+    pending: dict[str, str] = {}
+    for text, key in key_of.items():
+        value = found.get(key)
+        if value is None:
+            pending[key] = text
+        else:
+            scores[text] = value
+    return scores, pending

@@ -10,21 +10,23 @@ token usage and request ids.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 import requests
-from dashscope import TextReRank
+from dashscope import AioTextReRank, TextReRank
 
 from .errors import (
     APIError,
@@ -62,6 +64,7 @@ class RetryPolicy:
         deadline: seconds one rerank call may take in total, retries and waits included;
             None for no overall limit. A wait that would end past the deadline is not taken.
         sleep: how to wait (injectable so tests can record waits instead of sleeping).
+        async_sleep: how the asyncio path waits (injectable likewise).
         clock: a monotonic clock in seconds (injectable for tests).
     """
 
@@ -70,6 +73,9 @@ class RetryPolicy:
     backoff_max: float = 20.0
     deadline: float | None = 120.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    async_sleep: Callable[[float], Awaitable[None]] = field(
+        default=asyncio.sleep, repr=False, compare=False
+    )
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -266,11 +272,8 @@ class DashScopeClient:
         """
         if not texts:
             return ScoreResult({}, ())
-        deadline = None
-        if self.retry.deadline is not None:
-            deadline = self.retry.clock() + self.retry.deadline
-        batches = plan_batches(query, texts, self.limits, instruct=self.instruct)
-        groups = [tuple(texts[i] for i in batch) for batch in batches]
+        deadline = self._deadline()
+        groups = self._plan(query, texts)
         results: list[BatchResult] = []
 
         def done(result: BatchResult) -> None:
@@ -282,10 +285,73 @@ class DashScopeClient:
             done(self._send(query, groups[0], deadline))
         else:
             self._send_concurrently(query, groups, deadline, done)
+        return self._merge(results)
+
+    def _deadline(self) -> float | None:
+        if self.retry.deadline is None:
+            return None
+        return self.retry.clock() + self.retry.deadline
+
+    def _plan(self, query: str, texts: Sequence[str]) -> list[tuple[str, ...]]:
+        batches = plan_batches(query, texts, self.limits, instruct=self.instruct)
+        return [tuple(texts[i] for i in batch) for batch in batches]
+
+    @staticmethod
+    def _merge(results: list[BatchResult]) -> ScoreResult:
         scores: dict[str, float] = {}
         for result in results:
             scores.update(zip(result.texts, result.scores, strict=True))
         return ScoreResult(scores, tuple(results))
+
+    async def score_async(
+        self,
+        query: str,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], Awaitable[None]] | None = None,
+    ) -> ScoreResult:
+        """Score every text against ``query`` without blocking the event loop.
+
+        The asyncio twin of :meth:`score` (same planning, limits, retries, errors and
+        results), through ``dashscope.AioTextReRank``. ``on_batch`` is awaited once per
+        successful request, as it completes. Cancelling the calling task cancels the
+        requests in flight; completed requests were already passed to ``on_batch``.
+        """
+        if not texts:
+            return ScoreResult({}, ())
+        deadline = self._deadline()
+        groups = self._plan(query, texts)
+        results: list[BatchResult] = []
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        failed = False
+
+        async def one(group: tuple[str, ...]) -> BatchResult | None:
+            async with semaphore:
+                if failed:  # another request failed: do not start new ones
+                    return None
+                return await self._send_async(query, group, deadline)
+
+        tasks = [asyncio.ensure_future(one(group)) for group in groups]
+        error: BaseException | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    result = await next_done
+                except Exception as exc:  # noqa: BLE001 - the first is re-raised below
+                    if error is None:
+                        error, failed = exc, True
+                    continue
+                if result is not None:
+                    results.append(result)
+                    if on_batch is not None:
+                        await on_batch(result)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if error is not None:
+            raise error
+        return self._merge(results)
 
     def _send_concurrently(
         self,
@@ -318,51 +384,95 @@ class DashScopeClient:
                 raise error
 
     # -- one request, with retries ---------------------------------------------------------
+    # The sync and async loops below differ only at the I/O edge (the SDK call, the sleep,
+    # the rate limiter); every decision lives in the shared helpers after them.
 
     def _send(self, query: str, texts: tuple[str, ...], deadline: float | None) -> BatchResult:
         attempt = 0
         while True:
             attempt += 1
-            timeout = self.timeout
-            if deadline is not None:
-                remaining = deadline - self.retry.clock()
-                if remaining <= 0:
-                    self._count_failure()
-                    raise RequestTimeoutError(
-                        f"DashScope did not answer within the deadline of "
-                        f"{self.retry.deadline:g} s (attempt {attempt}). Raise "
-                        "RetryPolicy.deadline or try again later."
-                    )
-                timeout = min(timeout, remaining)
+            timeout = self._attempt_timeout(attempt, deadline)
             try:
-                result = self._attempt(query, texts, timeout, attempt)
+                if self.rate_limiter is not None:
+                    self.rate_limiter.acquire()
+                try:
+                    response = TextReRank.call(**self._call_kwargs(query, texts, timeout))
+                except Exception as exc:
+                    raise self._translate(exc, timeout) from exc
+                result = self._check(response, texts, attempt)
             except _RetryableError as retryable:
-                wait_s = retryable.retry_after
-                if wait_s is None:
-                    wait_s = self.retry.backoff(attempt, self._rng)
-                out_of_time = deadline is not None and self.retry.clock() + wait_s > deadline
-                if attempt >= self.retry.max_attempts or out_of_time:
-                    self._count_failure()
-                    raise self._final(retryable, attempt, out_of_time) from None
-                logger.warning(
-                    "DashScope request failed (%s); retrying in %.2f s (attempt %d of %d)",
-                    retryable.error,
-                    wait_s,
-                    attempt + 1,
-                    self.retry.max_attempts,
-                )
-                self.retry.sleep(wait_s)
+                self.retry.sleep(self._retry_wait(retryable, attempt, deadline))
                 continue
             except DashScopeError:
                 self._count_failure()
                 raise
-            self._count(
-                requests=1,
-                documents=len(texts),
-                total_tokens=result.total_tokens,
-                retries=attempt - 1,
+            return self._succeeded(result)
+
+    async def _send_async(
+        self, query: str, texts: tuple[str, ...], deadline: float | None
+    ) -> BatchResult:
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = self._attempt_timeout(attempt, deadline)
+            try:
+                if self.rate_limiter is not None:
+                    await self.rate_limiter.acquire_async()
+                try:
+                    response = await AioTextReRank.call(**self._call_kwargs(query, texts, timeout))
+                except Exception as exc:
+                    raise self._translate(exc, timeout) from exc
+                result = self._check(response, texts, attempt)
+            except _RetryableError as retryable:
+                await self.retry.async_sleep(self._retry_wait(retryable, attempt, deadline))
+                continue
+            except DashScopeError:
+                self._count_failure()
+                raise
+            return self._succeeded(result)
+
+    def _attempt_timeout(self, attempt: int, deadline: float | None) -> float:
+        """Return this attempt's timeout; raise if the overall deadline has passed."""
+        if deadline is None:
+            return self.timeout
+        remaining = deadline - self.retry.clock()
+        if remaining <= 0:
+            self._count_failure()
+            raise RequestTimeoutError(
+                f"DashScope did not answer within the deadline of "
+                f"{self.retry.deadline:g} s (attempt {attempt}). Raise "
+                "RetryPolicy.deadline or try again later."
             )
-            return result
+        return min(self.timeout, remaining)
+
+    def _retry_wait(
+        self, retryable: _RetryableError, attempt: int, deadline: float | None
+    ) -> float:
+        """Return how long to wait before the next attempt, or raise the final error."""
+        wait_s = retryable.retry_after
+        if wait_s is None:
+            wait_s = self.retry.backoff(attempt, self._rng)
+        out_of_time = deadline is not None and self.retry.clock() + wait_s > deadline
+        if attempt >= self.retry.max_attempts or out_of_time:
+            self._count_failure()
+            raise self._final(retryable, attempt, out_of_time) from None
+        logger.warning(
+            "DashScope request failed (%s); retrying in %.2f s (attempt %d of %d)",
+            retryable.error,
+            wait_s,
+            attempt + 1,
+            self.retry.max_attempts,
+        )
+        return wait_s
+
+    def _succeeded(self, result: BatchResult) -> BatchResult:
+        self._count(
+            requests=1,
+            documents=len(result.texts),
+            total_tokens=result.total_tokens,
+            retries=result.attempts - 1,
+        )
+        return result
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -401,52 +511,66 @@ class DashScopeClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _attempt(
-        self, query: str, texts: tuple[str, ...], timeout: float, attempt: int
-    ) -> BatchResult:
-        if self.rate_limiter is not None:
-            self.rate_limiter.acquire()
-        kwargs: dict[str, Any] = {}
+    def _call_kwargs(self, query: str, texts: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "query": query,
+            "documents": list(texts),
+            "return_documents": False,
+            "api_key": self._api_key,
+            "base_address": self.base_url,
+            "request_timeout": timeout,
+        }
         if self.instruct is not None:
             kwargs["instruct"] = self.instruct
-        try:
-            response = TextReRank.call(
-                model=self.model,
-                query=query,
-                documents=list(texts),
-                return_documents=False,
-                api_key=self._api_key,
-                base_address=self.base_url,
-                request_timeout=timeout,
-                **kwargs,
-            )
-        except requests.exceptions.Timeout as exc:
-            raise _RetryableError(
+        return kwargs
+
+    def _translate(self, exc: Exception, timeout: float) -> Exception:
+        """Map what the SDK (requests or aiohttp underneath) raised to our errors."""
+        if isinstance(
+            exc,
+            (
+                requests.exceptions.Timeout,
+                TimeoutError,
+                asyncio.TimeoutError,
+                aiohttp.ServerTimeoutError,
+            ),
+        ):
+            return _RetryableError(
                 RequestTimeoutError(f"DashScope did not answer within {timeout:.3g} s.")
-            ) from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise _RetryableError(
+            )
+        if isinstance(
+            exc,
+            (
+                requests.exceptions.ConnectionError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+            ),
+        ):
+            return _RetryableError(
                 TransportError(
                     f"Could not reach DashScope at {self.base_url} "
                     f"({type(exc).__name__}). Check the network and base_url."
                 )
-            ) from exc
-        except requests.exceptions.JSONDecodeError as exc:
-            raise MalformedResponseError(
+            )
+        if isinstance(exc, (ValueError, aiohttp.ContentTypeError)) and (
+            "json" in type(exc).__name__.lower() or isinstance(exc, aiohttp.ContentTypeError)
+        ):
+            return MalformedResponseError(
                 "DashScope answered with a body that is not JSON; nothing was cached."
-            ) from exc
-        except requests.exceptions.RequestException as exc:
-            raise _RetryableError(
+            )
+        if isinstance(exc, (requests.exceptions.RequestException, aiohttp.ClientError)):
+            return _RetryableError(
                 TransportError(f"HTTP error talking to DashScope ({type(exc).__name__}).")
-            ) from exc
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            )
+        if isinstance(exc, (TypeError, KeyError, AttributeError, ValueError)):
             # The SDK builds its response objects from the body without checks: a 200
             # without `output`, or results without `index`, surface as these.
-            raise MalformedResponseError(
+            return MalformedResponseError(
                 "DashScope answered 200 with a body that is not a rerank result "
                 f"({type(exc).__name__}); nothing was cached."
-            ) from exc
-        return self._check(response, texts, attempt)
+            )
+        return exc
 
     def _check(self, response: Any, texts: tuple[str, ...], attempt: int) -> BatchResult:
         status = int(getattr(response, "status_code", 0) or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .client import BatchResult, ScoreResult
@@ -50,6 +50,14 @@ class Scorer(Protocol):
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> ScoreResult:
         """Score prepared unique texts against :attr:`query`."""
+
+    async def ascore_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], Awaitable[None]] | None = None,
+    ) -> ScoreResult:
+        """The asyncio twin of :meth:`score_texts`."""
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -45,14 +46,25 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next: float | None = None
 
-    def acquire(self) -> None:
-        """Wait until the next request may start, and take its slot."""
+    def reserve(self) -> float:
+        """Take the next slot; return how many seconds to wait before using it."""
         with self._lock:
             now = self._clock()
             slot = now if self._next is None else max(now, self._next)
             self._next = slot + self._interval
-        if slot > now:
-            self._sleep(slot - now)
+        return slot - now
+
+    def acquire(self) -> None:
+        """Wait (blocking the thread) until the next request may start."""
+        wait = self.reserve()
+        if wait > 0:
+            self._sleep(wait)
+
+    async def acquire_async(self) -> None:
+        """Wait, without blocking the event loop, until the next request may start."""
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def __repr__(self) -> str:
         return f"RateLimiter(per_minute={self.per_minute:g})"

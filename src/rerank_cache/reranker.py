@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .client import (
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "OnError",
     "QwenReRanker",
+    "ascore_and_assemble",
     "check_on_error",
     "check_topn",
     "nothing_to_score",
@@ -267,6 +268,15 @@ class QwenReRanker:
         """
         return self._client.score(self._query, texts, on_batch=on_batch)
 
+    async def ascore_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        on_batch: Callable[[BatchResult], Awaitable[None]] | None = None,
+    ) -> ScoreResult:
+        """The asyncio twin of :meth:`score_texts`, through ``dashscope.AioTextReRank``."""
+        return await self._client.score_async(self._query, texts, on_batch=on_batch)
+
     def rerank(
         self,
         query_results: Any,
@@ -303,6 +313,27 @@ class QwenReRanker:
             self, collected, limit, self._on_error, self._client.count_fallback
         )
 
+    async def arerank(
+        self,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """The asyncio twin of :meth:`rerank`: same inputs, results and errors.
+
+        Requests go through ``dashscope.AioTextReRank`` with the same batching, concurrency
+        and retries; the event loop is never blocked.
+        """
+        del fields
+        limit = self._topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self._rerank_field)
+        return await ascore_and_assemble(
+            self, collected, limit, self._on_error, self._client.count_fallback
+        )
+
 
 def check_on_error(on_error: Any) -> OnError:
     """Return ``on_error`` if it is ``"raise"`` or ``"fallback"``, else raise."""
@@ -326,17 +357,42 @@ def score_and_assemble(
     try:
         result = scorer.score_texts(collected.texts)
     except DashScopeError as exc:
-        if on_error != "fallback":
-            raise
-        logger.warning(
-            "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
-            "with their original scores (on_error='fallback')",
-            exc,
-            min(limit, len(collected.candidates)),
-        )
-        on_fallback()
-        return [candidate.doc for candidate in collected.candidates[:limit]]
+        return _fall_back(exc, collected, limit, on_error, on_fallback)
     return assemble(collected.candidates, result.scores, limit)
+
+
+async def ascore_and_assemble(
+    scorer: Scorer,
+    collected: Collected[Any],
+    limit: int,
+    on_error: OnError,
+    on_fallback: Callable[[], None],
+) -> list[Any]:
+    """The asyncio twin of :func:`score_and_assemble`."""
+    try:
+        result = await scorer.ascore_texts(collected.texts)
+    except DashScopeError as exc:
+        return _fall_back(exc, collected, limit, on_error, on_fallback)
+    return assemble(collected.candidates, result.scores, limit)
+
+
+def _fall_back(
+    exc: DashScopeError,
+    collected: Collected[Any],
+    limit: int,
+    on_error: OnError,
+    on_fallback: Callable[[], None],
+) -> list[Any]:
+    if on_error != "fallback":
+        raise exc
+    logger.warning(
+        "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
+        "with their original scores (on_error='fallback')",
+        exc,
+        min(limit, len(collected.candidates)),
+    )
+    on_fallback()
+    return [candidate.doc for candidate in collected.candidates[:limit]]
 
 
 def nothing_to_score(collected: Collected[Any], rerank_field: str) -> list[Any]:

@@ -1,28 +1,72 @@
-"""In-process single flight: concurrent requests for the same keys are fetched once."""
+"""In-process single flight: concurrent requests for the same keys are fetched once.
+
+Works across threads and asyncio tasks alike: a thread waits on a flight's event, a task
+awaits it without blocking its event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 __all__ = ["Flight", "SingleFlight"]
 
 
-@dataclass
 class Flight:
-    """One key being fetched by some thread: waiters wait on ``event``.
+    """One key being fetched by some thread or task; others wait for it to land.
 
-    ``score`` is set as soon as the owner has it; it stays None if the owner failed.
+    ``score`` is set as soon as the owner has it; it stays None if the owner failed or was
+    cancelled, and the waiter then fetches the key itself.
     """
 
-    event: threading.Event = field(default_factory=threading.Event)
-    score: float | None = None
+    __slots__ = ("_lock", "_waiters", "event", "score")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.score: float | None = None
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def land(self, score: float | None = None) -> None:
+        """Record the outcome (once) and wake every waiting thread and task."""
+        with self._lock:
+            if self.event.is_set():
+                return
+            self.score = score
+            self.event.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until the flight lands; False on timeout."""
+        return self.event.wait(timeout)
+
+    async def wait_async(self) -> None:
+        """Wait, without blocking the event loop, until the flight lands."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self.event.is_set():
+                return
+            self._waiters.append((loop, future))
+        try:
+            await future
+        finally:
+            with self._lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SingleFlight:
-    """A registry of keys being fetched right now. Thread-safe.
+    """A registry of keys being fetched right now. Thread-safe and task-safe.
 
     Example:
         >>> flights = SingleFlight()
@@ -40,9 +84,10 @@ class SingleFlight:
     def claim(self, keys: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Flight]]]:
         """Claim keys; yields (keys now owned by the caller, flights owned by others).
 
-        While the caller owns a key, other threads asking for it get its flight and wait
-        instead of fetching it again. Leaving the context releases the caller's keys and
-        wakes their waiters (with no score for keys never published).
+        While the caller owns a key, others asking for it get its flight and wait instead
+        of fetching it again. Leaving the context (normally, by an error, or by
+        cancellation) releases the caller's keys and wakes their waiters; keys never
+        published land with no score, so a waiter fetches them itself.
         """
         mine: dict[str, Flight] = {}
         theirs: dict[str, Flight] = {}
@@ -61,16 +106,15 @@ class SingleFlight:
                     if self._flights.get(key) is flight:
                         del self._flights[key]
             for flight in mine.values():
-                flight.event.set()
+                flight.land(None)
 
     def publish(self, scores: Mapping[str, float]) -> None:
-        """Hand fresh scores to the threads waiting on those keys."""
+        """Hand fresh scores to whoever waits on those keys."""
         with self._lock:
-            for key, value in scores.items():
-                flight = self._flights.get(key)
-                if flight is not None:
-                    flight.score = value
-                    flight.event.set()
+            landing = [(self._flights.get(key), value) for key, value in scores.items()]
+        for flight, value in landing:
+            if flight is not None:
+                flight.land(value)
 
     def __len__(self) -> int:
         with self._lock:
