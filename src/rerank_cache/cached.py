@@ -17,19 +17,12 @@ from .client import BatchResult, ScoreResult
 from .keys import KeyBuilder
 from .planning import Collected
 from .protocols import Scorer, ScoreStore
-from .reranker import (
-    OnError,
-    ascore_and_assemble,
-    check_on_error,
-    check_topn,
-    nothing_to_score,
-    score_and_assemble,
-)
+from .reranker import OnError, RerankMethods, check_on_error
 
 __all__ = ["CachedReRanker"]
 
 
-class CachedReRanker:
+class CachedReRanker(RerankMethods):
     """Wraps a reranker so each (model, instruct, query, document) score is fetched once.
 
     Same interface and properties as the reranker it wraps, so it works anywhere a
@@ -284,41 +277,8 @@ class CachedReRanker:
             scores[pending.pop(key)] = value
         return len(late)
 
-    def rerank(
-        self,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """Rerank documents like :meth:`QwenReRanker.rerank`, fetching only uncached pairs."""
-        del fields
-        limit = self.topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self.rerank_field)
-        model = self.model
-        return score_and_assemble(
-            self, collected, limit, self._on_error, lambda: self._cache.record_fallback(model)
-        )
-
-    async def arerank(
-        self,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """The asyncio twin of :meth:`rerank`: same results, never blocks the event loop."""
-        del fields
-        limit = self.topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self.rerank_field)
-        model = self.model
-        return await ascore_and_assemble(
-            self, collected, limit, self._on_error, lambda: self._cache.record_fallback(model)
-        )
+    def _count_fallback(self) -> None:
+        self._cache.record_fallback(self.model)
 
 
 def _split(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .client import (
     DEFAULT_BASE_URL,
@@ -28,7 +28,6 @@ from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .cached import CachedReRanker
-    from .protocols import Scorer
     from .store import ScoreCache
 
 logger = logging.getLogger("rerank_cache")
@@ -40,11 +39,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "OnError",
     "QwenReRanker",
-    "ascore_and_assemble",
+    "RerankMethods",
     "check_on_error",
     "check_topn",
     "nothing_to_score",
-    "score_and_assemble",
 ]
 
 #: The model zvec and the SDK default to.
@@ -72,7 +70,110 @@ def _check_query(query: Any) -> str:
     return query
 
 
-class QwenReRanker:
+class _Host(Protocol):
+    """What :class:`RerankMethods` needs from the class it is mixed into."""
+
+    @property
+    def topn(self) -> int: ...
+
+    @property
+    def rerank_field(self) -> str: ...
+
+    @property
+    def on_error(self) -> OnError: ...
+
+    def prepare(self, query_results: Any) -> Collected[Any]: ...
+
+    def score_texts(self, texts: Sequence[str]) -> ScoreResult: ...
+
+    async def ascore_texts(self, texts: Sequence[str]) -> ScoreResult: ...
+
+    def _count_fallback(self) -> None: ...
+
+
+class RerankMethods:
+    """``rerank()`` and ``arerank()``, written once on top of ``prepare()`` and
+    ``score_texts()``; shared by :class:`QwenReRanker` and :class:`CachedReRanker`."""
+
+    def rerank(
+        self: _Host,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """Rerank documents by their relevance to the query.
+
+        Args:
+            query_results: ``dict[str, list[Doc]]`` (older zvec) or ``list[list[Doc]]``
+                (zvec 0.8.0); zvec ``Doc`` or :class:`rerank_cache.Doc`.
+            topn: how many documents to return; defaults to the reranker's ``topn``.
+            fields: accepted for zvec 0.8.0 compatibility and ignored.
+
+        Returns:
+            Up to ``topn`` documents of the caller's own type, best first (ties keep input
+            order), each with ``score`` set to DashScope's relevance score. An empty input
+            gives ``[]``.
+
+        Raises:
+            NoDocumentsError: (a ``ValueError``, as zvec raises) documents were given but
+                none has text in the rerank field.
+            ValueError: ``topn`` is not a positive integer.
+            DashScopeError: DashScope failed after retries (unless ``on_error="fallback"``,
+                which returns the documents in retrieval order instead).
+        """
+        del fields
+        limit = self.topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self.rerank_field)
+        try:
+            result = self.score_texts(collected.texts)
+        except DashScopeError as exc:
+            return _fall_back(self, exc, collected, limit)
+        return assemble(collected.candidates, result.scores, limit)
+
+    async def arerank(
+        self: _Host,
+        query_results: Any,
+        topn: int | None = None,
+        *,
+        fields: Any = None,
+    ) -> list[Any]:
+        """The asyncio twin of :meth:`rerank`: same inputs, results and errors.
+
+        Requests go through ``dashscope.AioTextReRank`` with the same batching, concurrency
+        and retries; the event loop is never blocked.
+        """
+        del fields
+        limit = self.topn if topn is None else check_topn(topn)
+        collected = self.prepare(query_results)
+        if not collected.candidates:
+            return nothing_to_score(collected, self.rerank_field)
+        try:
+            result = await self.ascore_texts(collected.texts)
+        except DashScopeError as exc:
+            return _fall_back(self, exc, collected, limit)
+        return assemble(collected.candidates, result.scores, limit)
+
+
+def _fall_back(
+    host: _Host, exc: DashScopeError, collected: Collected[Any], limit: int
+) -> list[Any]:
+    """With ``on_error="fallback"``: retrieval order, original scores, logged and counted."""
+    if host.on_error != "fallback":
+        raise exc
+    logger.warning(
+        "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
+        "with their original scores (on_error='fallback')",
+        exc,
+        min(limit, len(collected.candidates)),
+    )
+    host._count_fallback()
+    return [candidate.doc for candidate in collected.candidates[:limit]]
+
+
+class QwenReRanker(RerankMethods):
     """Rerank retrieved documents with DashScope TextReRank.
 
     Accepts zvec's older positional order ``(query, topn, rerank_field, model, api_key)`` and,
@@ -277,62 +378,8 @@ class QwenReRanker:
         """The asyncio twin of :meth:`score_texts`, through ``dashscope.AioTextReRank``."""
         return await self._client.score_async(self._query, texts, on_batch=on_batch)
 
-    def rerank(
-        self,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """Rerank documents by their relevance to :attr:`query`.
-
-        Args:
-            query_results: ``dict[str, list[Doc]]`` (older zvec) or ``list[list[Doc]]``
-                (zvec 0.8.0); zvec ``Doc`` or :class:`rerank_cache.Doc`.
-            topn: how many documents to return; defaults to :attr:`topn`.
-            fields: accepted for zvec 0.8.0 compatibility and ignored.
-
-        Returns:
-            Up to ``topn`` documents of the caller's own type, best first (ties keep input
-            order), each with ``score`` set to DashScope's relevance score. An empty input
-            gives ``[]``.
-
-        Raises:
-            NoDocumentsError: (a ``ValueError``, as zvec raises) documents were given but
-                none has text in :attr:`rerank_field`.
-            ValueError: ``topn`` is not a positive integer.
-            DashScopeError: DashScope failed after retries (unless ``on_error="fallback"``,
-                which returns the documents in retrieval order instead).
-        """
-        del fields
-        limit = self._topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self._rerank_field)
-        return score_and_assemble(
-            self, collected, limit, self._on_error, self._client.count_fallback
-        )
-
-    async def arerank(
-        self,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """The asyncio twin of :meth:`rerank`: same inputs, results and errors.
-
-        Requests go through ``dashscope.AioTextReRank`` with the same batching, concurrency
-        and retries; the event loop is never blocked.
-        """
-        del fields
-        limit = self._topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self._rerank_field)
-        return await ascore_and_assemble(
-            self, collected, limit, self._on_error, self._client.count_fallback
-        )
+    def _count_fallback(self) -> None:
+        self._client.count_fallback()
 
 
 def check_on_error(on_error: Any) -> OnError:
@@ -340,59 +387,6 @@ def check_on_error(on_error: Any) -> OnError:
     if on_error not in ("raise", "fallback"):
         raise ConfigurationError(f"on_error must be 'raise' or 'fallback', not {on_error!r}")
     return on_error  # type: ignore[no-any-return]
-
-
-def score_and_assemble(
-    scorer: Scorer,
-    collected: Collected[Any],
-    limit: int,
-    on_error: OnError,
-    on_fallback: Callable[[], None],
-) -> list[Any]:
-    """Score the collected texts and rank the documents; fall back if asked to.
-
-    With ``on_error="fallback"``, a DashScope failure returns the documents in retrieval
-    order with their original scores (logged as a warning and counted) instead of raising.
-    """
-    try:
-        result = scorer.score_texts(collected.texts)
-    except DashScopeError as exc:
-        return _fall_back(exc, collected, limit, on_error, on_fallback)
-    return assemble(collected.candidates, result.scores, limit)
-
-
-async def ascore_and_assemble(
-    scorer: Scorer,
-    collected: Collected[Any],
-    limit: int,
-    on_error: OnError,
-    on_fallback: Callable[[], None],
-) -> list[Any]:
-    """The asyncio twin of :func:`score_and_assemble`."""
-    try:
-        result = await scorer.ascore_texts(collected.texts)
-    except DashScopeError as exc:
-        return _fall_back(exc, collected, limit, on_error, on_fallback)
-    return assemble(collected.candidates, result.scores, limit)
-
-
-def _fall_back(
-    exc: DashScopeError,
-    collected: Collected[Any],
-    limit: int,
-    on_error: OnError,
-    on_fallback: Callable[[], None],
-) -> list[Any]:
-    if on_error != "fallback":
-        raise exc
-    logger.warning(
-        "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
-        "with their original scores (on_error='fallback')",
-        exc,
-        min(limit, len(collected.candidates)),
-    )
-    on_fallback()
-    return [candidate.doc for candidate in collected.candidates[:limit]]
 
 
 def nothing_to_score(collected: Collected[Any], rerank_field: str) -> list[Any]:
