@@ -557,3 +557,84 @@ def test_clear_by_model_and_expire(
     assert cache.expire() == 0
     assert cache.expire(now=1e12) == 6
     assert cache.clear() == 0
+
+
+def test_each_request_is_stored_as_it_completes(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, server: DashScopeServer
+) -> None:
+    """A fast request's scores are stored while a slow one is still in flight."""
+    docs = make_docs(450, chars=400, seed=21)
+    r = cached(make_reranker, cache, max_concurrency=3)
+    plan = r.prepare([docs])
+    groups = plan_batches(r.query, plan.texts, r.reranker.limits)
+    assert len(groups) == 3
+    slow_text = plan.texts[groups[0][0]]
+    server.delay_next(1.0, match=slow_text)
+    answered_at_store: list[int] = []
+
+    def on_batch(batch: object) -> None:
+        answered_at_store.append(len(server.requests_log))
+
+    r.score_texts(plan.texts, on_batch=on_batch)  # type: ignore[arg-type]
+    assert len(answered_at_store) == 3
+    assert answered_at_store[0] < 3  # stored while the slow request was still in flight
+
+
+def test_damage_inside_the_file_fails_open_and_check_fix_repairs(
+    make_reranker: Callable[..., QwenReRanker],
+    tmp_path: Path,
+    server: DashScopeServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A damaged page: reads fail open with the fix in the log; check raises; check --fix
+    moves the file aside and the cache works again."""
+    d = tmp_path / "damaged"
+    docs = make_docs(3000, chars=300, seed=8)
+    with ScoreCache(d) as store:
+        CachedReRanker(make_reranker(), store).rerank([docs])
+    db = d / "cache.db"
+    assert not (d / "cache.db-wal").exists() or (d / "cache.db-wal").stat().st_size == 0
+    with db.open("r+b") as f:
+        f.seek(db.stat().st_size // 2)
+        f.write(b"\xde\xad\xbe\xef" * 2048)
+    with ScoreCache(d) as store, caplog.at_level(logging.WARNING):
+        r = CachedReRanker(make_reranker(), store)
+        assert len(r.rerank([docs], 5)) == 5  # answered through the API
+        assert "check --fix" in caplog.text
+        with pytest.raises(CorruptCacheError, match="check --fix"):
+            store.check()
+        report = store.check(fix=True)
+        assert report.ok
+        assert report.fixed == 1
+        assert list(d.glob("cache.db.corrupt-*"))
+        r.rerank([docs[:10]])
+        server.reset_stats()
+        r.rerank([docs[:10]])
+        assert server.stats.requests == 0
+
+
+def test_only_real_corruption_counts_as_damage() -> None:
+    """Locks and I/O errors are not mistaken for a damaged file."""
+    from rerank_cache.store import _is_corruption
+
+    assert _is_corruption(sqlite3.DatabaseError("file is not a database"))
+    assert not _is_corruption(sqlite3.OperationalError("database is locked"))
+    assert not _is_corruption(sqlite3.OperationalError("disk I/O error"))
+
+
+def test_stats_have_no_anonymous_model(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
+) -> None:
+    """Store errors are counted in the totals, not under an empty model name."""
+    d = tmp_path / "errs"
+    with ScoreCache(d, timeout=0.01) as store:
+        blocker = sqlite3.connect(d / "cache.db", timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            CachedReRanker(make_reranker(), store).rerank([make_docs(2)])
+        finally:
+            blocker.rollback()
+            blocker.close()
+        stats = store.stats()
+    assert stats.store_errors >= 1
+    assert "" not in stats.models

@@ -543,3 +543,9 @@ def test_retry_policy_validates() -> None:
         RetryPolicy(deadline=0)
     with pytest.raises(ConfigurationError):
         QwenReRanker("q", rerank_field="c", api_key=API_KEY, instruct="")
+
+
+def test_ambiguous_positional_mix_is_refused() -> None:
+    """A string topn with a rerank_field that is no model name is refused, not guessed."""
+    with pytest.raises(ConfigurationError, match="keywords"):
+        QwenReRanker("q", "title", rerank_field="content", api_key=API_KEY)  # type: ignore[arg-type]

@@ -133,13 +133,11 @@ class CachedReRanker(RerankMethods):
         key_of = {text: builder.key(text) for text in texts}
         found = cache.get_many(key_of.values())
         scores, pending = _split(key_of, found)
-        hits = len(scores)
+        # Counted before fetching, so the fetch's write transaction publishes the counts.
+        cache.record_lookup(model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
-        try:
-            if pending:
-                hits += self._fetch(pending, key_of, scores, sent, on_batch)
-        finally:
-            cache.record_lookup(model, hits=hits, misses=len(key_of) - hits)
+        if pending:
+            self._fetch(pending, key_of, scores, sent, on_batch)
         return ScoreResult(scores, tuple(sent))
 
     async def ascore_texts(
@@ -160,15 +158,10 @@ class CachedReRanker(RerankMethods):
         key_of = {text: builder.key(text) for text in texts}
         found = await asyncio.to_thread(cache.get_many, list(key_of.values()))
         scores, pending = _split(key_of, found)
-        hits = len(scores)
+        await asyncio.to_thread(cache.record_lookup, model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
-        try:
-            if pending:
-                hits += await self._afetch(pending, key_of, scores, sent, on_batch)
-        finally:
-            await asyncio.to_thread(
-                cache.record_lookup, model, hits=hits, misses=len(key_of) - hits
-            )
+        if pending:
+            await self._afetch(pending, key_of, scores, sent, on_batch)
         return ScoreResult(scores, tuple(sent))
 
     async def _afetch(
@@ -178,10 +171,9 @@ class CachedReRanker(RerankMethods):
         scores: dict[str, float],
         sent: list[BatchResult],
         on_batch: Callable[[BatchResult], Awaitable[None]] | None,
-    ) -> int:
+    ) -> None:
         """The asyncio twin of :meth:`_fetch`."""
         cache = self._cache
-        late_hits = 0
 
         async def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -194,7 +186,7 @@ class CachedReRanker(RerankMethods):
             with cache.flights.claim(list(pending)) as (mine, theirs):
                 if mine:
                     late = await asyncio.to_thread(cache.get_many, mine)
-                    late_hits += self._take_late(late, pending, scores)
+                    self._take_late(late, pending, scores)
                     to_send = [pending[key] for key in mine if key not in late]
                     if to_send:
                         await self._reranker.ascore_texts(to_send, on_batch=stored)
@@ -204,7 +196,6 @@ class CachedReRanker(RerankMethods):
                 await flight.wait_async()
                 if flight.score is not None:
                     scores[pending.pop(key)] = flight.score
-        return late_hits
 
     def _fetch(
         self,
@@ -213,10 +204,9 @@ class CachedReRanker(RerankMethods):
         scores: dict[str, float],
         sent: list[BatchResult],
         on_batch: Callable[[BatchResult], None] | None,
-    ) -> int:
-        """Fill ``scores`` for ``pending`` (key -> text); return late cache hits."""
+    ) -> None:
+        """Fill ``scores`` for ``pending`` (key -> text), sending each miss once."""
         cache = self._cache
-        late_hits = 0
 
         def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -230,7 +220,7 @@ class CachedReRanker(RerankMethods):
                 if mine:
                     # Another thread may have stored some of these since our first read.
                     late = cache.get_many(mine)
-                    late_hits += self._take_late(late, pending, scores)
+                    self._take_late(late, pending, scores)
                     to_send = [pending[key] for key in mine if key not in late]
                     if to_send:
                         self._reranker.score_texts(to_send, on_batch=stored)
@@ -241,7 +231,6 @@ class CachedReRanker(RerankMethods):
                 if flight.score is not None:
                     scores[pending.pop(key)] = flight.score
             # Keys whose owner failed stay pending: this thread claims them next round.
-        return late_hits
 
     # -- shared by the sync and async paths ----------------------------------------------
 
@@ -272,13 +261,22 @@ class CachedReRanker(RerankMethods):
     @staticmethod
     def _take_late(
         late: dict[str, float], pending: dict[str, str], scores: dict[str, float]
-    ) -> int:
+    ) -> None:
         for key, value in late.items():
             scores[pending.pop(key)] = value
-        return len(late)
 
     def _count_fallback(self) -> None:
         self._cache.record_fallback(self.model)
+
+    def close(self) -> None:
+        """Close the cache (flushing its counters). For a cache made by ``.cached()``."""
+        self._cache.close()
+
+    def __enter__(self) -> CachedReRanker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _split(

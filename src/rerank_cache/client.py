@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -31,6 +31,7 @@ from dashscope import AioTextReRank, TextReRank
 from .errors import (
     APIError,
     AuthenticationError,
+    ConfigurationError,
     DashScopeError,
     MalformedResponseError,
     RateLimitError,
@@ -40,7 +41,14 @@ from .errors import (
 from .planning import ModelLimits, plan_batches
 from .ratelimit import RateLimiter
 
-__all__ = ["BatchResult", "DashScopeClient", "RetryPolicy", "ScoreResult", "UsageTotals"]
+__all__ = [
+    "BatchResult",
+    "DashScopeClient",
+    "RetryPolicy",
+    "ScoreResult",
+    "UsageTotals",
+    "close_async_sessions",
+]
 
 logger = logging.getLogger("rerank_cache")
 
@@ -80,11 +88,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+            raise ConfigurationError("RetryPolicy.max_attempts must be at least 1")
         if self.backoff_base < 0 or self.backoff_max < 0:
-            raise ValueError("RetryPolicy backoffs must not be negative")
+            raise ConfigurationError("RetryPolicy backoffs must not be negative")
         if self.deadline is not None and self.deadline <= 0:
-            raise ValueError("RetryPolicy.deadline must be positive or None")
+            raise ConfigurationError("RetryPolicy.deadline must be positive or None")
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Return the wait after failed attempt number ``attempt`` (1-based), with jitter."""
@@ -117,7 +125,7 @@ class ScoreResult:
 
     Attributes:
         scores: relevance score per text.
-        batches: the requests that produced them.
+        batches: the requests that produced them, in the order they completed.
     """
 
     scores: dict[str, float]
@@ -142,7 +150,7 @@ class UsageTotals:
         requests: successful requests.
         documents: documents in successful requests.
         total_tokens: tokens billed.
-        retries: attempts beyond the first, across all requests.
+        retries: attempts beyond the first, in requests that succeeded.
         failures: requests that ended in an error.
         fallbacks: reranks that returned retrieval order after a failure
             (``on_error="fallback"``).
@@ -222,9 +230,9 @@ class DashScopeClient:
         rate_limiter: RateLimiter | None = None,
     ) -> None:
         if timeout <= 0:
-            raise ValueError("timeout must be positive")
+            raise ConfigurationError("timeout must be positive")
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+            raise ConfigurationError("max_concurrency must be at least 1")
         self._api_key = api_key
         self.model = model
         self.base_url = base_url
@@ -301,7 +309,7 @@ class DashScopeClient:
         scores: dict[str, float] = {}
         for result in results:
             scores.update(zip(result.texts, result.scores, strict=True))
-        return ScoreResult(scores, tuple(results))
+        return ScoreResult(scores, tuple(results))  # in completion order
 
     async def score_async(
         self,
@@ -367,7 +375,9 @@ class DashScopeClient:
             }
             error: BaseException | None = None
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                # Hand each request to `done` as soon as it completes, so its scores are
+                # stored even if a later request fails or the process dies.
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     if future.cancelled():
                         continue
@@ -376,10 +386,9 @@ class DashScopeClient:
                         done(future.result())
                     elif error is None:
                         error = exc
-                if error is not None:
-                    # Stop what has not started; what is in flight finishes and is kept.
-                    for future in pending:
-                        future.cancel()
+                        # Stop what has not started; what is in flight finishes and is kept.
+                        for other in pending:
+                            other.cancel()
             if error is not None:
                 raise error
 
@@ -492,7 +501,8 @@ class DashScopeClient:
         self, retryable: _RetryableError, attempts: int, out_of_time: bool
     ) -> DashScopeError:
         error = retryable.error
-        why = "the overall deadline would pass" if out_of_time else f"{attempts} attempts"
+        plural = "attempt" if attempts == 1 else "attempts"
+        why = "the overall deadline would pass" if out_of_time else f"{attempts} {plural}"
         message = f"{error} Gave up after {why}."
         if isinstance(error, RateLimitError):
             return RateLimitError(
@@ -669,3 +679,15 @@ class DashScopeClient:
         elif status == HTTPStatus.BAD_REQUEST:
             hint = " DashScope rejected the request as invalid; it was not retried."
         return APIError(what + hint, status=status, code=code, request_id=request_id)
+
+
+async def close_async_sessions() -> None:
+    """Close the SDK's aiohttp session for the running event loop.
+
+    ``dashscope.AioTextReRank`` keeps one pooled session per event loop for connection
+    reuse. Await this before an event loop you created ends (for example at the end of an
+    ``asyncio.run`` main or a test) so no connection outlives it.
+    """
+    from dashscope.api_entities.aio_session import close_shared_aio_session
+
+    await close_shared_aio_session()

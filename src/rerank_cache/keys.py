@@ -7,7 +7,8 @@ own 128-bit xxhash, so the store holds no plaintext query or document::
     doc_hash = xxh3_128(utf8(document))
     key      = xxh3_128(b"rerank-cache/v1" + field(model) + field(instruct) + field(query)
                         + doc_hash)
-    field(s) = 8-byte big-endian length + utf8(s); instruct None is the single byte 0xFF
+    field(s) = 8-byte big-endian length + utf8(s)
+    instruct: None is the single byte 0xFF; a string is 0x00 + field(instruct)
 
 The length prefixes make the encoding unambiguous: moving text from one field to another
 always changes the bytes hashed. The stored key string is ``"1:<model>:<32 hex digits>"``;

@@ -51,7 +51,8 @@ class ModelLimits:
         max_item_tokens: tokens per query or document; DashScope truncates longer items, we
             trim them ourselves so the text we send (and cache under) is what gets scored.
         max_request_tokens: ``query_tokens * n + Σ doc_tokens`` per request.
-        max_item_chars: hard per-document size DashScope rejects beyond (400).
+        max_item_chars: characters per document beyond which DashScope answers 400
+            (300,000 for gte-rerank-v2); longer texts are cut first.
     """
 
     max_documents: int
@@ -110,8 +111,9 @@ def estimate_tokens(text: str) -> int:
     """Estimate, conservatively, how many tokens DashScope counts for ``text``.
 
     Runs of ASCII letters count one token per three letters, every digit, ASCII symbol and
-    non-ASCII character counts one token (two outside the Basic Multilingual Plane), and
-    whitespace counts nothing. Real tokenizers merge more, so this over-counts.
+    non-ASCII character counts one token (two outside the Basic Multilingual Plane; non-ASCII
+    spaces count too), and ASCII whitespace counts nothing. Real tokenizers merge more, so
+    this over-counts.
 
     Example:
         >>> estimate_tokens("what is a vector database")

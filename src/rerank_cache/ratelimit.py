@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .errors import ConfigurationError
+
 __all__ = ["RateLimiter"]
 
 
@@ -38,7 +40,7 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if isinstance(per_minute, bool) or not math.isfinite(per_minute) or per_minute <= 0:
-            raise ValueError(f"per_minute must be a positive number, not {per_minute!r}")
+            raise ConfigurationError(f"per_minute must be a positive number, not {per_minute!r}")
         self.per_minute = per_minute
         self._interval = 60.0 / per_minute
         self._clock = clock

@@ -23,7 +23,7 @@ from .client import (
     UsageTotals,
 )
 from .errors import ConfigurationError, DashScopeError, NoDocumentsError
-from .planning import Collected, ModelLimits, assemble, collect, limits_for
+from .planning import MODEL_LIMITS, Collected, ModelLimits, assemble, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -231,6 +231,13 @@ class QwenReRanker(RerankMethods):
     ) -> None:
         if isinstance(topn, str):
             # zvec 0.8.0 positional order: (query, rerank_field, model, api_key).
+            if rerank_field is not None and rerank_field not in MODEL_LIMITS:
+                raise ConfigurationError(
+                    f"topn must be an integer, not {topn!r}. In zvec 0.8.0's positional "
+                    "order (query, rerank_field, model, api_key) the third argument must be "
+                    f"a known model name, not {rerank_field!r}; pass rerank_field= and "
+                    "model= as keywords instead"
+                )
             shifted_model = rerank_field if rerank_field is not None else model
             if rerank_field is not None and model != DEFAULT_MODEL and api_key is None:
                 api_key = model
