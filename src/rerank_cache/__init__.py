@@ -5,8 +5,10 @@ Never pay twice for the same (model, instruct, query, document) score.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .cached import CachedReRanker
-from .client import BatchResult, RetryPolicy, ScoreResult, UsageTotals
+from .client import BatchResult, RetryPolicy, ScoreResult, UsageTotals, close_async_sessions
 from .doc import Doc, DocLike
 from .errors import (
     APIError,
@@ -25,10 +27,14 @@ from .errors import (
 )
 from .keys import score_key
 from .planning import ModelLimits, estimate_tokens, limits_for
+from .protocols import Scorer, ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
 from .store import CacheStats, ModelStats, ScoreCache, default_cache_dir, read_stats
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
+
+if TYPE_CHECKING:
+    from .redis_store import RedisScoreCache
 
 __version__ = "0.1.0"
 
@@ -55,15 +61,19 @@ __all__ = [
     "QwenReRanker",
     "RateLimitError",
     "RateLimiter",
+    "RedisScoreCache",
     "RequestTimeoutError",
     "RerankCacheError",
     "RetryPolicy",
     "ScoreCache",
     "ScoreResult",
+    "ScoreStore",
+    "Scorer",
     "TransportError",
     "UsageTotals",
     "WarmSummary",
     "__version__",
+    "close_async_sessions",
     "default_cache_dir",
     "estimate_tokens",
     "limits_for",
@@ -71,3 +81,13 @@ __all__ = [
     "score_key",
     "warm",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisScoreCache needs the optional redis-py: imported on first use, so that
+    # `import rerank_cache` works without it (the error then says what to install).
+    if name == "RedisScoreCache":
+        from .redis_store import RedisScoreCache
+
+        return RedisScoreCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,10 @@
 Subcommands: ``stats``, ``warm``, ``clear``, ``check``, ``path``. Results go to stdout;
 diagnostics and progress go to stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 A user mistake gives one line on stderr, never a traceback and never the API key.
+
+Every command works on either store: a directory (``--cache-dir``, ``$RERANK_CACHE_DIR``)
+or a Redis server (``--cache-url redis://...``, ``$RERANK_CACHE_URL``); the URL's password
+never appears in any output.
 """
 
 from __future__ import annotations
@@ -16,17 +20,26 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from . import __version__
 from .errors import CorruptCacheError, DashScopeError, RerankCacheError
 from .pricing import CURRENCY, estimate_cost
-from .store import CacheStats, ScoreCache, default_cache_dir, read_stats
+from .protocols import ScoreStore
+from .store import CacheStats, CheckReport, ScoreCache, default_cache_dir, read_stats
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
+
+if TYPE_CHECKING:
+    from .redis_store import RedisScoreCache
 
 __all__ = ["main", "stats_json"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Where the store is: a cache directory, or the URL of a Redis server.
+Target = Path | str
 
 
 class _FailureError(Exception):
@@ -53,6 +66,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _scheme(text: str) -> str:
+    return urlsplit(text).scheme.lower() if "://" in text else ""
+
+
+def _cache_url(text: str) -> str:
+    scheme = _scheme(text)
+    if scheme and scheme not in (*_REDIS_SCHEMES, "file"):
+        raise argparse.ArgumentTypeError(
+            f"unsupported scheme {scheme}:// (use redis://, rediss://, unix:// or file://)"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``rerank-cache`` command."""
     parser = argparse.ArgumentParser(
@@ -60,10 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect, warm and maintain the rerank-cache score store.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="the cache directory (default: $RERANK_CACHE_DIR, else ~/.cache/rerank-cache)",
+    )
+    where.add_argument(
+        "--cache-url",
+        metavar="URL",
+        type=_cache_url,
+        help="the store as a URL: redis://[:PASSWORD@]HOST:PORT/DB[?namespace=NAME], "
+        "rediss:// (TLS), unix:///path/redis.sock, or file:///path/to/dir "
+        "(default: $RERANK_CACHE_URL; then the cache directory)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -105,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fix", action="store_true", help="remove unsafe rows; move a damaged file aside"
     )
 
-    sub.add_parser("path", help="print the cache directory")
+    sub.add_parser("path", help="print the cache directory (or the Redis URL, password hidden)")
     return parser
 
 
@@ -116,20 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
-    directory = Path(
-        os.path.abspath(
-            Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-        )
-    )
     handler = {"stats": _stats, "warm": _warm, "clear": _clear, "check": _check, "path": _path}[
         args.command
     ]
     try:
-        return handler(args, directory)
+        return handler(args, _target(args))
     except KeyboardInterrupt:
         _err("interrupted; everything finished before the interruption is kept")
         return 130
     except (_FailureError, RerankCacheError) as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    except ImportError as exc:  # a Redis URL without redis-py: the message says what to install
         _err(str(exc))
         return EXIT_FAILURE
     except OSError as exc:
@@ -140,6 +173,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _err(message: str) -> None:
     print(f"rerank-cache: error: {message}", file=sys.stderr)
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """The store: ``--cache-dir``, ``--cache-url``, ``$RERANK_CACHE_URL``, else the default dir."""
+    if args.cache_dir:
+        return Path(os.path.abspath(Path(args.cache_dir).expanduser()))
+    url = args.cache_url or os.environ.get("RERANK_CACHE_URL", "").strip()
+    if not url:
+        return Path(os.path.abspath(default_cache_dir()))
+    scheme = _scheme(url)
+    if scheme in _REDIS_SCHEMES:
+        return url
+    if scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise _FailureError(f"a file URL names a local directory (file:///path), not {url}")
+        return Path(os.path.abspath(url2pathname(parts.path)))
+    if scheme:
+        raise _FailureError(
+            f"RERANK_CACHE_URL: unsupported scheme {scheme}:// "
+            "(use redis://, rediss://, unix:// or file://)"
+        )
+    return Path(os.path.abspath(Path(url).expanduser()))
+
+
+def _open_redis(url: str, *, ping: bool = True, **kwargs: Any) -> RedisScoreCache:
+    """Open a Redis store; unless ``ping`` is false, fail in one line if it cannot be reached."""
+    from .redis_store import RedisScoreCache  # needs the optional redis-py
+
+    store = RedisScoreCache(url, **kwargs)
+    if ping:
+        try:
+            store.ping()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def _open_store(target: Target, **kwargs: Any) -> tuple[ScoreStore, str]:
+    """Open the store at ``target``; return it and where it is, for messages."""
+    if isinstance(target, str):
+        store = _open_redis(target, **kwargs)
+        return store, store.location
+    return ScoreCache(target, **kwargs), str(target)
 
 
 # -- stats -------------------------------------------------------------------------------
@@ -204,15 +282,22 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _stats(args: argparse.Namespace, directory: Path) -> int:
-    stats = read_stats(directory)
+def _stats(args: argparse.Namespace, target: Target) -> int:
+    if isinstance(target, str):
+        # Read-only: nothing is written (no counters are pending in a fresh store).
+        with _open_redis(target, ping=False) as redis_store:
+            stats = redis_store.stats()
+        size_label = "memory (whole Redis)"
+    else:
+        stats = read_stats(target)
+        size_label = "size on disk"
     data = stats_json(stats)
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
     out = sys.stdout
-    if not os.path.lexists(directory):
-        print(f"(no cache at {directory} yet)", file=sys.stderr)
+    if isinstance(target, Path) and not os.path.lexists(target):
+        print(f"(no cache at {target} yet)", file=sys.stderr)
 
     def row(label: str, value: str) -> None:
         print(f"  {label:<26}{value}", file=out)
@@ -222,7 +307,7 @@ def _stats(args: argparse.Namespace, directory: Path) -> int:
 
     print(f"rerank-cache {data['directory']}", file=out)
     row("entries", f"{data['entries']:,} live, {data['expired_entries']:,} expired")
-    row("size on disk", _size(data["size_bytes"]))
+    row(size_label, _size(data["size_bytes"]))
     row("oldest / newest entry", f"{when(data['oldest_entry'])} / {when(data['newest_entry'])}")
     row("hits", f"{data['hits']:,}")
     row("misses", f"{data['misses']:,}")
@@ -328,17 +413,21 @@ def _open_input(name: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def _warm(args: argparse.Namespace, directory: Path) -> int:
+def _warm(args: argparse.Namespace, target: Target) -> int:
     if not args.dry_run and not os.environ.get("DASHSCOPE_API_KEY", "").strip():
         raise _FailureError("no DashScope API key: set DASHSCOPE_API_KEY (or use --dry-run)")
     progress = _Progress(sys.stderr)
     kwargs: dict[str, Any] = {} if args.ttl is None else {"ttl": args.ttl}
-    with _open_input(args.input) as source, ScoreCache(directory, **kwargs) as cache:
+    with (
+        _open_input(args.input) as source,
+        contextlib.closing(_open_store(target, **kwargs)[0]) as cache,
+    ):
         summary: WarmSummary | None = None
         try:
             for event in warm(
                 source,
-                cache,
+                # warm() uses only ScoreStore members; its annotation still says ScoreCache.
+                cast(ScoreCache, cache),
                 model=args.model,
                 instruct=args.instruct,
                 field=args.field,
@@ -405,11 +494,12 @@ def _print_summary(summary: WarmSummary, as_json: bool) -> None:
 # -- clear, check, path ------------------------------------------------------------------
 
 
-def _clear(args: argparse.Namespace, directory: Path) -> int:
-    if not os.path.lexists(directory):
-        print(f"nothing to clear: no cache at {directory}")
+def _clear(args: argparse.Namespace, target: Target) -> int:
+    if isinstance(target, Path) and not os.path.lexists(target):
+        print(f"nothing to clear: no cache at {target}")
         return EXIT_OK
-    with ScoreCache(directory) as cache:
+    store, directory = _open_store(target)
+    with contextlib.closing(store) as cache:
         n = cache.count(model=args.model, expired=args.expired)
         what = "expired scores" if args.expired else "scores"
         scope = f" of model {args.model}" if args.model else ""
@@ -429,7 +519,11 @@ def _clear(args: argparse.Namespace, directory: Path) -> int:
     return EXIT_OK
 
 
-def _check(args: argparse.Namespace, directory: Path) -> int:
+def _check(args: argparse.Namespace, target: Target) -> int:
+    if isinstance(target, str):
+        with _open_redis(target) as redis_store:
+            return _report(redis_store.check(fix=args.fix))
+    directory = target
     if not os.path.lexists(directory):
         print(f"ok: no cache at {directory} yet")
         return EXIT_OK
@@ -445,7 +539,10 @@ def _check(args: argparse.Namespace, directory: Path) -> int:
         )
         return EXIT_OK
     with cache:
-        report = cache.check(fix=args.fix)
+        return _report(cache.check(fix=args.fix))
+
+
+def _report(report: CheckReport) -> int:
     for message in report.messages:
         print(f"  {message}")
     if report.fixed:
@@ -455,8 +552,12 @@ def _check(args: argparse.Namespace, directory: Path) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
-def _path(args: argparse.Namespace, directory: Path) -> int:
-    print(directory)
+def _path(args: argparse.Namespace, target: Target) -> int:
+    if isinstance(target, str):
+        with _open_redis(target, ping=False) as redis_store:
+            print(redis_store.location)
+    else:
+        print(target)
     return EXIT_OK
 
 

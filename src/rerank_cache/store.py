@@ -27,15 +27,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import diskcache
 from pydantic import BaseModel, ConfigDict
 
-from .errors import CacheDirectoryError, CorruptCacheError
+from .errors import CacheDirectoryError, CacheError, ConfigurationError, CorruptCacheError
 from .keys import KEY_VERSION
 from .safedisk import SafeDisk
 from .singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from .protocols import ScoreStore
 
 __all__ = [
     "DEFAULT_SIZE_LIMIT",
@@ -261,7 +264,7 @@ def _collect_stats(
         with contextlib.suppress(OSError):
             size += os.path.getsize(os.path.join(directory, name))
     models: dict[str, ModelStats] = {}
-    for model in sorted(set(counters) | set(entries_by_model)):
+    for model in sorted((set(counters) | set(entries_by_model)) - {""}):
         c = counters.get(model, Counter())
         models[model] = ModelStats(
             entries=entries_by_model.get(model, 0),
@@ -322,6 +325,11 @@ def read_stats(directory: str | os.PathLike[str] | None = None) -> CacheStats:
         raise CorruptCacheError(_corrupt_message(db, exc)) from None
     finally:
         con.close()
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """True for a damaged file, not for a lock, a full disk or a permission problem."""
+    return type(exc) is sqlite3.DatabaseError  # OperationalError & co. are subclasses
 
 
 def _corrupt_message(db: Path, exc: BaseException) -> str:
@@ -391,10 +399,63 @@ class ScoreCache:
         self._cache = self._open(recover)
         _OPEN.add(self)
 
+    @classmethod
+    def from_url(cls, url: str | os.PathLike[str], **kwargs: Any) -> ScoreStore:
+        """Open the score store a URL names: Redis for a fleet, or a directory on disk.
+
+        ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs open a
+        :class:`~rerank_cache.redis_store.RedisScoreCache` (``?namespace=NAME`` picks the
+        key prefix); a ``file://`` URL or a plain path opens a :class:`ScoreCache` there.
+        Keyword arguments go to the chosen class (``ttl`` works for both).
+
+        Raises:
+            ConfigurationError: the URL has another scheme.
+            ImportError: a Redis URL, but redis-py is not installed
+                (``pip install 'rerank-cache[redis]'``).
+
+        Example:
+            >>> import tempfile
+            >>> store = ScoreCache.from_url(f"file://{tempfile.mkdtemp()}/scores", ttl=60)
+            >>> type(store).__name__, store.stats().entries
+            ('ScoreCache', 0)
+            >>> store.close()
+        """
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        text = os.fspath(url)
+        if isinstance(text, bytes):
+            raise ConfigurationError("the cache URL must be text, not bytes")
+        scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+        if scheme in ("redis", "rediss", "unix"):
+            from .redis_store import RedisScoreCache  # needs the optional redis-py
+
+            return RedisScoreCache(text, **kwargs)
+        if scheme == "file":
+            parts = urlsplit(text)
+            if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+                raise ConfigurationError(
+                    f"a file URL names a local directory (file:///path/to/dir), got {text!r}"
+                )
+            return cls(url2pathname(parts.path), **kwargs)
+        if scheme:
+            raise ConfigurationError(
+                f"unsupported cache URL scheme {scheme + '://'!r}: use redis://, rediss://, "
+                "unix://, file:// or a directory path"
+            )
+        return cls(text, **kwargs)
+
     def _open(self, recover: bool) -> diskcache.Cache:
         try:
             return self._open_once()
+        except diskcache.Timeout:
+            raise CacheError(
+                f"the cache in {self._directory} stayed locked by another process for "
+                f"{self._timeout:g} s; try again, or raise ScoreCache(timeout=...)"
+            ) from None
         except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from None
             if not recover:
                 raise CorruptCacheError(
                     _corrupt_message(self._directory / "cache.db", exc)
@@ -431,7 +492,7 @@ class ScoreCache:
         return cache
 
     def _quarantine(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.time_ns() % 10**9}"
         target = self._directory / f"cache.db.corrupt-{stamp}"
         for suffix in ("", "-wal", "-shm"):
             source = self._directory / f"cache.db{suffix}"
@@ -551,12 +612,17 @@ class ScoreCache:
             self._pending.setdefault(model, Counter()).update(deltas)
 
     def _store_error(self, what: str, exc: BaseException) -> None:
+        hint = ""
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+            hint = f"; the file looks damaged: run `rerank-cache --cache-dir {self._directory} "
+            hint += "check --fix`"
         logger.warning(
-            "rerank-cache: %s failed in %s (%s: %s); continuing without the cache",
+            "rerank-cache: %s failed in %s (%s: %s); continuing without the cache%s",
             what,
             self._directory,
             type(exc).__name__,
             exc,
+            hint,
         )
         self._add_pending("", Counter(store_errors=1))
 
@@ -653,21 +719,40 @@ class ScoreCache:
         return int(self._cache._sql(sql, args).fetchone()[0])
 
     def check(self, *, fix: bool = False) -> CheckReport:
-        """Check the store's integrity; with ``fix``, delete unsafe rows and fix counts.
+        """Check the store's integrity; with ``fix``, repair it.
 
         Unsafe rows (not an inline float: tampered, or written by other software) are never
-        read; ``fix`` removes them. No file a row names is read or deleted.
+        read; ``fix`` deletes them. A damaged file (SQLite's integrity check fails, or it
+        cannot even be read) is moved aside as ``cache.db.corrupt-*`` by ``fix`` and the
+        store starts empty; scores are re-fetched as needed. No file a row names is read
+        or deleted.
+
+        Raises:
+            CorruptCacheError: the file is damaged and ``fix`` is false.
         """
-        messages: list[str] = []
         sql = self._cache._sql
         try:
             integrity = "; ".join(r[0] for r in sql("PRAGMA integrity_check").fetchall())
+            rows = int(sql("SELECT count(*) FROM Cache").fetchone()[0])
+            unsafe = int(sql(f"SELECT count(*) FROM Cache WHERE NOT ({_SAFE_ROW})").fetchone()[0])
         except sqlite3.DatabaseError as exc:
-            raise CorruptCacheError(_corrupt_message(self._directory / "cache.db", exc)) from None
+            if not _is_corruption(exc):
+                raise
+            integrity, rows, unsafe = str(exc), 0, 0
         if integrity != "ok":
-            messages.append(f"SQLite integrity check: {integrity}")
-        rows = int(sql("SELECT count(*) FROM Cache").fetchone()[0])
-        unsafe = int(sql(f"SELECT count(*) FROM Cache WHERE NOT ({_SAFE_ROW})").fetchone()[0])
+            message = _corrupt_message(self._directory / "cache.db", RuntimeError(integrity))
+            if not fix:
+                raise CorruptCacheError(message)
+            moved = self.rebuild()
+            return CheckReport(
+                ok=True,
+                integrity=integrity,
+                rows=rows,
+                unsafe_rows=unsafe,
+                fixed=1,
+                messages=[f"the damaged cache file was moved to {moved}; the cache is empty"],
+            )
+        messages: list[str] = []
         fixed = 0
         if unsafe:
             messages.append(f"{unsafe} unsafe row(s): not inline floats (never read)")
@@ -679,13 +764,29 @@ class ScoreCache:
                 sql("UPDATE Settings SET value = ? WHERE key = 'count'", (count,))
                 sql("UPDATE Settings SET value = 0 WHERE key = 'size'")
         return CheckReport(
-            ok=integrity == "ok" and (unsafe == 0 or fixed == unsafe),
+            ok=unsafe == 0 or fixed == unsafe,
             integrity=integrity,
             rows=rows,
             unsafe_rows=unsafe,
             fixed=fixed,
             messages=messages,
         )
+
+    def rebuild(self) -> Path:
+        """Move the cache file aside (``cache.db.corrupt-*``) and start empty; return where.
+
+        For a damaged file. Other processes using the store should be stopped first: they
+        keep the old file open until they reopen the cache.
+        """
+        self._cache.close()
+        moved = self._quarantine()
+        logger.error(
+            "rerank-cache: moved the cache file in %s to %s and started an empty cache",
+            self._directory,
+            moved,
+        )
+        self._cache = self._open_once()
+        return moved
 
     def close(self) -> None:
         """Flush counters and close the store's connections."""

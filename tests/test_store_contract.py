@@ -1,0 +1,782 @@
+"""One contract, two stores: every ScoreStore behaviour, on disk and on a real Redis.
+
+The ``kit`` fixture is parametrized over ``disk`` (:class:`ScoreCache` in a tmp dir) and
+``redis`` (:class:`RedisScoreCache` on a private redis-server, one namespace per test); the
+tests below the contract cover what only Redis has (namespaces, a Redis that dies, strict
+parsing, the ``--cache-url`` details).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+from rerank_cache import (
+    CachedReRanker,
+    CacheError,
+    ConfigurationError,
+    QwenReRanker,
+    RedisScoreCache,
+    ScoreCache,
+    ScoreStore,
+    score_key,
+)
+from rerank_cache.cli import main
+from rerank_cache.testing import DashScopeServer, score
+
+from .conftest import API_KEY
+from .redis_fixture import RedisServer, free_port, redis_server  # noqa: F401 (fixture)
+from .test_cli import log_lines
+from .test_reranker import make_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "gte-rerank-v2"
+Advance = Callable[[float], None]
+
+
+def key(i: int, model: str = MODEL, query: str = "q") -> str:
+    return score_key(model, None, query, f"document {i}")
+
+
+@pytest.fixture(autouse=True)
+def _no_cache_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's RERANK_CACHE_URL."""
+    monkeypatch.delenv("RERANK_CACHE_URL", raising=False)
+
+
+# -- the two stores ------------------------------------------------------------------------
+
+
+class DiskKit:
+    """Makes ScoreCaches in one directory, and does to them what the tests need."""
+
+    kind = "disk"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.directory = tmp_path / "scores"
+        self.tmp_path = tmp_path
+
+    def make(self, **kwargs: Any) -> ScoreStore:
+        return ScoreCache(self.directory, **kwargs)
+
+    def cli_args(self) -> list[str]:
+        return ["--cache-dir", str(self.directory)]
+
+    def plant(self, store_key: str, value: str | bytes) -> None:
+        con = sqlite3.connect(self.directory / "cache.db")
+        with con:
+            con.execute(
+                "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, "
+                "access_count, tag, size, mode, filename, value) "
+                "VALUES (?, 1, 0, NULL, 0, 0, NULL, 0, 1, NULL, ?)",
+                (store_key, value),
+            )
+        con.close()
+
+    def remaining_ttl(self, store_key: str) -> float | None:
+        con = sqlite3.connect(self.directory / "cache.db")
+        (expire_time,) = con.execute(
+            "SELECT expire_time FROM Cache WHERE key = ?", (store_key,)
+        ).fetchone()
+        con.close()
+        return None if expire_time is None else expire_time - time.time()
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[Advance]:
+        with freeze_time(datetime.now(timezone.utc)) as frozen:
+            yield lambda seconds: frozen.tick(timedelta(seconds=seconds))
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[ScoreStore]:
+        """A store whose writes fail: another process holds the write lock."""
+        self.make().close()
+        with ScoreCache(self.directory, timeout=0.05) as store:
+            blocker = sqlite3.connect(self.directory / "cache.db", timeout=0)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                yield store
+            finally:
+                blocker.rollback()
+                blocker.close()
+            store.flush_stats()
+
+    def reopen_unreachable(self) -> ScoreStore:
+        return self.make()
+
+
+class RedisKit:
+    """Makes RedisScoreCaches in a fresh namespace of the session's redis-server."""
+
+    kind = "redis"
+
+    def __init__(self, server: RedisServer, tmp_path: Path) -> None:
+        self.server = server
+        self.tmp_path = tmp_path
+        self.namespace = f"t-{uuid.uuid4().hex[:12]}"
+        self.extra: list[RedisServer] = []
+        self.dead_port = 0
+
+    def make(self, **kwargs: Any) -> ScoreStore:
+        kwargs.setdefault("namespace", self.namespace)
+        return RedisScoreCache(self.server.url, **kwargs)
+
+    def cli_args(self) -> list[str]:
+        return ["--cache-url", f"{self.server.url}?namespace={self.namespace}"]
+
+    def plant(self, store_key: str, value: str | bytes) -> None:
+        with self.server.client() as client:
+            client.set(f"{self.namespace}:s:{store_key}", value)
+
+    def remaining_ttl(self, store_key: str) -> float | None:
+        with self.server.client() as client:
+            pttl = int(client.pttl(f"{self.namespace}:s:{store_key}"))
+        assert pttl != -2, "no such key"
+        return None if pttl == -1 else pttl / 1000
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[Advance]:
+        """Frozen time for the store, and the same time passing for Redis's TTLs."""
+        with freeze_time(datetime.now(timezone.utc)) as frozen, self.server.client() as c:
+
+            def advance(seconds: float) -> None:
+                frozen.tick(timedelta(seconds=seconds))
+                for name in c.scan_iter(match=f"{self.namespace}:s:*"):
+                    left = int(c.pttl(name))
+                    if left > 0:
+                        c.pexpire(name, left - int(seconds * 1000))  # <= 0 deletes
+
+            yield advance
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[ScoreStore]:
+        """A store pointing at a closed port; afterwards a Redis starts there."""
+        self.dead_port = free_port()
+        store = RedisScoreCache(
+            f"redis://127.0.0.1:{self.dead_port}/0",
+            namespace=self.namespace,
+            timeout=0.5,
+            retry_interval=0,
+        )
+        try:
+            yield store
+            self.extra.append(RedisServer(self.tmp_path / "late", port=self.dead_port).start())
+        finally:
+            store.close()
+
+    def reopen_unreachable(self) -> ScoreStore:
+        return RedisScoreCache(f"redis://127.0.0.1:{self.dead_port}/0", namespace=self.namespace)
+
+    def cleanup(self) -> None:
+        for srv in self.extra:
+            srv.stop()
+
+
+Kit = DiskKit | RedisKit
+
+
+@pytest.fixture(params=["disk", "redis"])
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kit]:
+    """Both stores: a disk directory, or a namespace on the session's redis-server."""
+    if request.param == "disk":
+        yield DiskKit(tmp_path)
+        return
+    made = RedisKit(request.getfixturevalue("redis_server"), tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture
+def store(kit: Kit) -> Iterator[ScoreStore]:
+    """A fresh, empty store of the kit's kind."""
+    made = kit.make()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# -- the contract --------------------------------------------------------------------------
+
+
+def test_roundtrip_is_bit_exact(store: ScoreStore) -> None:
+    """A stored score reads back as the very same float, bit for bit."""
+    values = [0.1, 1 / 3, 0.0, 1.0, 5e-324, 0.9999999999999999, 1e-300, 0.7314, 2.5e-7]
+    scores = {key(i): v for i, v in enumerate(values)}
+    assert store.put_many(scores, model=MODEL)
+    found = store.get_many(scores)
+    assert found == scores
+    for k, v in scores.items():
+        assert found[k].hex() == v.hex()
+
+
+def test_non_finite_and_non_float_values_are_refused(store: ScoreStore) -> None:
+    """NaN, infinities, bools and strings are never stored; finite floats and ints are."""
+    bad: dict[str, Any] = {
+        key(0): math.nan,
+        key(1): math.inf,
+        key(2): -math.inf,
+        key(3): True,
+        key(4): "0.5",
+    }
+    assert store.put_many({**bad, key(5): 0.25, key(6): 1}, model=MODEL)
+    assert store.get_many([*bad, key(5), key(6)]) == {key(5): 0.25, key(6): 1.0}
+    assert store.count() == 2
+
+
+def test_missing_keys_are_absent(store: ScoreStore) -> None:
+    """Unknown keys are simply absent; an empty lookup is empty."""
+    store.put_many({key(1): 0.5}, model=MODEL)
+    assert store.get_many([key(0), key(1), key(2)]) == {key(1): 0.5}
+    assert store.get_many([]) == {}
+    assert store.get_many(iter([key(1)])) == {key(1): 0.5}
+
+
+def test_ttl_is_set_on_every_score(kit: Kit) -> None:
+    """Each score carries the store's TTL (Redis: PTTL on the key)."""
+    with kit.make(ttl=timedelta(hours=2)) as s:
+        s.put_many({key(1): 0.5, key(2): 0.6}, model=MODEL)
+    for k in (key(1), key(2)):
+        left = kit.remaining_ttl(k)
+        assert left is not None
+        assert 7200 - 30 < left <= 7200
+
+
+def test_ttl_none_never_expires(kit: Kit) -> None:
+    """ttl=None stores scores without expiry: still there ten years later."""
+    with kit.clock() as advance, kit.make(ttl=None) as s:
+        s.put_many({key(1): 0.5}, model=MODEL)
+        assert kit.remaining_ttl(key(1)) is None
+        advance(10 * 365 * 86400)
+        assert s.get_many([key(1)]) == {key(1): 0.5}
+        assert s.stats().entries == 1
+
+
+def test_expired_scores_are_misses_and_not_entries(kit: Kit) -> None:
+    """After the TTL a score is a miss and no longer counted as an entry."""
+    with kit.clock() as advance, kit.make(ttl=3600) as s:
+        s.put_many({key(1): 0.5, key(2): 0.25}, model=MODEL)
+        advance(3000)
+        s.put_many({key(3): 0.75}, model=MODEL)
+        advance(599)
+        assert s.get_many([key(1), key(2), key(3)]) == {key(1): 0.5, key(2): 0.25, key(3): 0.75}
+        advance(2)
+        assert s.get_many([key(1), key(2), key(3)]) == {key(3): 0.75}
+        advance(60)  # Redis counts entries by expiry bucket (ttl/512 wide, ~7 s here)
+        assert (s.stats().entries, s.count()) == (1, 1)
+        s.expire()  # disk deletes the expired rows; Redis has deleted them itself
+        assert (s.count(expired=True), s.count()) == (0, 1)
+        assert s.get_many([key(3)]) == {key(3): 0.75}
+
+
+def test_duplicate_sends_are_counted(store: ScoreStore) -> None:
+    """Writing scores whose keys are already live counts them as duplicate sends."""
+    store.put_many({key(i): 0.1 * i for i in range(5)}, model=MODEL, api_requests=1)
+    store.put_many({key(i): 0.1 * i for i in range(3, 8)}, model=MODEL, api_requests=1)
+    stats = store.stats()
+    assert stats.duplicate_sends == 2
+    assert stats.models[MODEL].duplicate_sends == 2
+    assert stats.entries == 8
+
+
+def test_counters_and_stats_per_model(kit: Kit) -> None:
+    """Hits, misses, usage and fallbacks add up per model and persist across instances."""
+    with kit.make(stats_flush_interval=3600) as s:
+        s.record_lookup(MODEL, hits=0, misses=4)
+        s.put_many(
+            {key(i): 0.5 for i in range(4)},
+            model=MODEL,
+            api_requests=1,
+            documents_sent=4,
+            tokens_billed=120,
+        )
+        s.record_lookup(MODEL, hits=4, misses=0)
+        s.record_lookup("qwen3-rerank", hits=0, misses=2)
+        s.put_many(
+            {key(i, "qwen3-rerank"): 0.25 for i in range(2)},
+            model="qwen3-rerank",
+            api_requests=1,
+            documents_sent=2,
+            tokens_billed=50,
+        )
+        s.record_fallback("qwen3-rerank")
+        live = s.stats()  # includes what is still only in memory
+    with kit.make() as again:
+        stored = again.stats()
+    for stats in (live, stored):
+        assert (stats.hits, stats.misses, stats.hit_rate) == (4, 6, 0.4)
+        assert (stats.api_requests, stats.documents_sent, stats.tokens_billed) == (2, 6, 170)
+        assert (stats.entries, stats.fallbacks, stats.store_errors) == (6, 1, 0)
+        gte, qwen = stats.models[MODEL], stats.models["qwen3-rerank"]
+        assert (gte.entries, gte.hits, gte.misses, gte.tokens_billed) == (4, 4, 4, 120)
+        assert (qwen.entries, qwen.misses, qwen.api_requests, qwen.fallbacks) == (2, 2, 1, 1)
+        assert stats.newest_entry is not None
+        assert stats.oldest_entry is not None
+        assert stats.oldest_entry <= stats.newest_entry
+
+
+def test_clear_one_model_then_everything(store: ScoreStore) -> None:
+    """clear(model) deletes only that model's scores; clear() the rest; counters stay."""
+    store.put_many({key(i, "qwen3-rerank"): 0.5 for i in range(4)}, model="qwen3-rerank")
+    store.put_many({key(i): 0.5 for i in range(6)}, model=MODEL, api_requests=1)
+    assert store.count(model="qwen3-rerank") == 4
+    assert store.clear(model="qwen3-rerank") == 4
+    assert store.get_many([key(0, "qwen3-rerank")]) == {}
+    assert store.get_many([key(0)]) == {key(0): 0.5}
+    stats = store.stats()
+    assert stats.entries == 6
+    assert {m for m, per_model in stats.models.items() if per_model.entries} == {MODEL}
+    assert store.count(model="qwen3-rerank") == 0
+    assert store.count(expired=True) == 0
+    assert store.clear() == 6
+    assert store.clear() == 0
+    stats = store.stats()
+    assert (stats.entries, stats.api_requests) == (0, 1)
+
+
+def test_check_finds_and_fixes_planted_garbage(kit: Kit, store: ScoreStore) -> None:
+    """Values that are not floats of ours read as misses; check reports them, fix removes them."""
+    store.put_many({key(0): 0.5}, model=MODEL)
+    for i, value in enumerate(["0.90", "not a score", "nan"], start=1):
+        kit.plant(key(i), value)
+    assert store.get_many([key(i) for i in range(4)]) == {key(0): 0.5}
+    report = store.check()
+    assert (report.ok, report.unsafe_rows, report.rows) == (False, 3, 4)
+    fixed = store.check(fix=True)
+    assert (fixed.ok, fixed.fixed) == (True, 3)
+    again = store.check()
+    assert (again.ok, again.unsafe_rows, again.rows) == (True, 0, 1)
+    assert store.get_many([key(0)]) == {key(0): 0.5}
+
+
+def test_cached_reranker_sends_only_misses(
+    store: ScoreStore, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """End to end: a repeat sends nothing, an overlap sends only the new texts."""
+    r = CachedReRanker(make_reranker(), store)
+    docs = make_docs(30, seed=4)
+    first = r.rerank([docs[:20]], 20)
+    again = r.rerank([docs[:20]], 20)
+    assert server.stats.documents == 20
+    assert [(d.id, d.score) for d in first] == [(d.id, d.score) for d in again]
+    assert all(d.score == score(r.query, d.field("content")) for d in again)
+    server.reset_stats()
+    r.rerank([docs[10:30]])
+    (request,) = server.requests_log
+    assert sorted(request.documents) == sorted(d.field("content") for d in docs[20:30])
+    stats = store.stats()
+    assert (stats.entries, stats.hits, stats.misses) == (30, 30, 30)
+    assert (stats.api_requests, stats.documents_sent) == (2, 30)
+
+
+def test_unreachable_store_fails_open(
+    kit: Kit,
+    make_reranker: Callable[..., QwenReRanker],
+    server: DashScopeServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that cannot be used: reranks succeed through the API; errors and usage are kept."""
+    with kit.unreachable() as s, caplog.at_level(logging.WARNING):
+        r = CachedReRanker(make_reranker(), s)
+        out = r.rerank([make_docs(4)], 4)
+        assert len(out) == 4
+        assert s.put_many({key(1): 0.5}, model=MODEL) is False
+        assert "continuing without the cache" in caplog.text
+    with kit.reopen_unreachable() as later:
+        stats = later.stats()
+    assert stats.store_errors >= 1
+    assert stats.entries == 0
+    assert (stats.api_requests, stats.documents_sent) == (1, 4)  # usage survived
+
+
+def test_cli_warm_stats_clear(
+    kit: Kit,
+    server: DashScopeServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """warm, stats and clear work the same with --cache-dir and --cache-url."""
+    import json
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
+    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", server.base_url)
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(4) + log_lines(2, model="qwen3-rerank")) + "\n")
+    where = kit.cli_args()
+    assert main([*where, "warm", str(log)]) == 0
+    assert main([*where, "warm", str(log)]) == 0
+    capsys.readouterr()
+    assert main([*where, "stats", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["entries"], data["hits"], data["misses"]) == (48, 48, 48)
+    assert data["api_requests"] == server.stats.ok_requests
+    assert data["models"]["qwen3-rerank"]["entries"] == 16
+    assert main([*where, "stats"]) == 0
+    assert "hit rate                  50.0%" in capsys.readouterr().out
+    assert main([*where, "clear", "--model", "qwen3-rerank", "--yes"]) == 0
+    assert "deleted 16 scores of model qwen3-rerank" in capsys.readouterr().out
+    assert main([*where, "check"]) == 0
+    assert "ok: 32 rows checked" in capsys.readouterr().out
+    assert main([*where, "clear", "--yes"]) == 0
+    assert "deleted 32 scores" in capsys.readouterr().out
+    with kit.make() as s:
+        assert s.stats().entries == 0
+
+
+# -- from_url ------------------------------------------------------------------------------
+
+
+def test_from_url_file_and_plain_path(tmp_path: Path) -> None:
+    """file:// URLs and plain paths open a ScoreCache in that directory."""
+    with ScoreCache.from_url(f"file://{tmp_path}/a") as a:
+        assert isinstance(a, ScoreCache)
+        assert a.directory == tmp_path / "a"
+    with ScoreCache.from_url(str(tmp_path / "b"), ttl=60) as b:
+        assert isinstance(b, ScoreCache)
+        assert (b.directory, b.ttl) == (tmp_path / "b", 60)
+
+
+def test_from_url_redis(redis_server: RedisServer) -> None:  # noqa: F811
+    """redis:// URLs open a RedisScoreCache; ?namespace= picks the namespace."""
+    store = ScoreCache.from_url(f"{redis_server.url}?namespace=app-1", ttl=60)
+    try:
+        assert isinstance(store, RedisScoreCache)
+        assert (store.namespace, store.ttl) == ("app-1", 60)
+        assert store.location == f"{redis_server.url}?namespace=app-1"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/x", "s3://bucket/x", "file://otherhost/x", "file:///x?y=1"]
+)
+def test_from_url_refuses_other_schemes(url: str) -> None:
+    """Other schemes, and file URLs naming a remote host, are configuration errors."""
+    with pytest.raises(ConfigurationError):
+        ScoreCache.from_url(url)
+
+
+def test_from_url_without_redis_py_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py, a Redis URL raises ImportError naming the extra to install."""
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "rerank_cache.redis_store")
+    with pytest.raises(ImportError, match=r"pip install 'rerank-cache\[redis\]'"):
+        ScoreCache.from_url("redis://127.0.0.1:1/0")
+
+
+# -- Redis only ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ns() -> str:
+    """A fresh namespace."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def test_namespaces_isolate_applications(redis_server: RedisServer) -> None:  # noqa: F811
+    """Two namespaces on one Redis share nothing: scores, counters, clear, check."""
+    with (
+        RedisScoreCache(redis_server.url, namespace="app-a") as a,
+        RedisScoreCache(redis_server.url, namespace="app-b") as b,
+    ):
+        a.clear()
+        b.clear()
+        a.put_many({key(1): 0.5, key(2): 0.25}, model=MODEL, api_requests=1)
+        b.put_many({key(1): 0.75}, model=MODEL, api_requests=1)
+        assert a.get_many([key(1), key(2)]) == {key(1): 0.5, key(2): 0.25}
+        assert b.get_many([key(1), key(2)]) == {key(1): 0.75}
+        assert (a.count(), b.count()) == (2, 1)
+        before_b = b.stats()
+        assert a.clear() == 2
+        assert b.get_many([key(1)]) == {key(1): 0.75}
+        assert b.check().rows == 1
+        assert b.stats().api_requests == before_b.api_requests
+
+
+def test_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+    """Only the exact repr of a finite float is a score: anything else is a miss."""
+    planted = ["0.50", " 0.5", "0.5\n", "5e-1", "nan", "inf", "0x1p-1", "1_0", "", "\x80\xff"]
+    with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
+        for i, value in enumerate(planted):
+            client.set(f"{ns}:s:{key(i)}", value.encode("latin-1"))
+        client.set(f"{ns}:s:{key(99)}", "0.5")
+        assert s.get_many([key(i) for i in [*range(len(planted)), 99]]) == {key(99): 0.5}
+        assert s.check().unsafe_rows == len(planted)
+
+
+def test_other_redis_types_and_foreign_keys_are_unsafe(
+    redis_server: RedisServer,  # noqa: F811
+    ns: str,
+) -> None:
+    """A hash under a score key, or a key name not of ours, is reported and removed."""
+    with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
+        client.hset(f"{ns}:s:{key(1)}", "x", "1")
+        client.set(f"{ns}:s:not-a-score-key", "0.5")
+        assert s.get_many([key(1)]) == {}
+        assert s.put_many({key(1): 0.5, key(2): 0.25}, model=MODEL) is False
+        assert s.get_many([key(2)]) == {key(2): 0.25}
+        report = s.check()
+        assert (report.unsafe_rows, report.ok) == (2, False)
+        assert s.check(fix=True).fixed == 2
+        assert s.put_many({key(1): 0.5}, model=MODEL) is True
+        assert s.check().ok
+
+
+def test_scores_are_plain_strings_with_redis_ttl(
+    redis_server: RedisServer,  # noqa: F811
+    ns: str,
+) -> None:
+    """What is stored: the repr of the float under '{ns}:s:{key}', with PX set by Redis."""
+    with (
+        redis_server.client() as client,
+        RedisScoreCache(redis_server.url, namespace=ns, ttl=60) as s,
+    ):
+        s.put_many({key(1): 1 / 3}, model=MODEL, api_requests=1)
+        assert client.get(f"{ns}:s:{key(1)}") == repr(1 / 3).encode()
+        assert 59_000 < int(client.pttl(f"{ns}:s:{key(1)}")) <= 60_000
+        assert client.type(f"{ns}:counters") == b"hash"
+
+
+def test_check_recounts_after_keys_vanish(
+    redis_server: RedisServer,  # noqa: F811
+    ns: str,
+) -> None:
+    """Keys deleted behind our back (eviction) are reported, and check --fix recounts."""
+    with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
+        s.put_many({key(i): 0.5 for i in range(10)}, model=MODEL)
+        client.delete(*[f"{ns}:s:{key(i)}" for i in range(4)])
+        assert s.stats().entries == 10  # counters cannot see evictions
+        report = s.check()
+        assert report.ok
+        assert any("entry counters say 10" in m for m in report.messages)
+        s.check(fix=True)
+        stats = s.stats()
+        assert (stats.entries, stats.models[MODEL].entries) == (6, 6)
+        assert stats.oldest_entry is not None
+
+
+def test_stats_never_write(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+    """stats() and `rerank-cache stats` change nothing in Redis."""
+    with RedisScoreCache(redis_server.url, namespace=ns) as s:
+        s.put_many({key(1): 0.5}, model=MODEL, api_requests=1)
+    with redis_server.client() as client:
+
+        def changes() -> int:
+            return int(client.info("persistence")["rdb_changes_since_last_save"])
+
+        before = changes()
+        with RedisScoreCache(redis_server.url, namespace=ns) as s:
+            assert s.stats().entries == 1
+            assert s.count() == 1
+        url = f"{redis_server.url}?namespace={ns}"
+        assert main(["--cache-url", url, "stats", "--json"]) == 0
+        assert main(["--cache-url", url, "stats"]) == 0
+        assert changes() == before
+
+
+def test_kill_redis_mid_run(
+    tmp_path: Path,
+    make_reranker: Callable[..., QwenReRanker],
+    server: DashScopeServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis dies between two reranks: the second goes through the API; errors are counted
+    in memory and reach Redis once it is back."""
+    private = RedisServer(tmp_path / "private").start()
+    try:
+        store = RedisScoreCache(private.url, timeout=0.5, retry_interval=0)
+        r = CachedReRanker(make_reranker(), store)
+        docs = make_docs(6, seed=2)
+        first = r.rerank([docs], 6)
+        r.rerank([docs], 6)
+        assert server.stats.requests == 1
+        private.kill()
+        with caplog.at_level(logging.WARNING):
+            again = r.rerank([docs], 6)
+            other = r.rerank([make_docs(3, seed=9)], 3)
+        assert [(d.id, d.score) for d in again] == [(d.id, d.score) for d in first]
+        assert len(other) == 3
+        assert server.stats.requests == 3
+        assert "continuing without the cache" in caplog.text
+        with pytest.raises(CacheError, match="cannot use Redis"):
+            store.stats()
+        private = RedisServer(tmp_path / "private", port=private.port).start()  # empty again
+        store.close()  # flushes what was counted while Redis was down
+        with RedisScoreCache(private.url) as back:
+            stats = back.stats()
+        assert stats.store_errors >= 2
+        assert (stats.api_requests, stats.documents_sent) == (2, 9)
+        assert stats.entries == 0
+    finally:
+        private.stop()
+
+
+def test_down_redis_is_left_alone_for_retry_interval(tmp_path: Path) -> None:
+    """After a failure, Redis is not tried again for retry_interval: reads miss at once."""
+    port = free_port()
+    with RedisScoreCache(f"redis://127.0.0.1:{port}/0", retry_interval=3600) as s:
+        assert s.get_many([key(1)]) == {}
+        late = RedisServer(tmp_path / "late", port=port).start()
+        try:
+            with late.client() as client:
+                client.set(f"rerank-cache:s:{key(1)}", "0.5")
+            assert s.get_many([key(1)]) == {}  # still considered down
+            assert s.put_many({key(2): 0.5}, model=MODEL) is False
+            s.ping()  # an explicit check goes through and marks Redis up again
+            assert s.get_many([key(1)]) == {key(1): 0.5}
+        finally:
+            late.stop()
+
+
+def test_slow_redis_times_out_and_fails_open(tmp_path: Path) -> None:
+    """A Redis that does not answer within the timeout is a miss, not a hang."""
+    with (
+        RedisServer(tmp_path / "slow") as slow,
+        slow.client() as admin,
+        RedisScoreCache(slow.url, timeout=0.1, retry_interval=0) as s,
+    ):
+        s.put_many({key(1): 0.5}, model=MODEL)
+        admin.execute_command("CLIENT", "PAUSE", "700", "ALL")
+        started = time.monotonic()
+        assert s.get_many([key(1)]) == {}
+        assert time.monotonic() - started < 0.6
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert s.get_many([key(1)]) == {key(1): 0.5}
+
+
+def test_repr_and_messages_hide_the_password() -> None:
+    """The password never shows: not in repr, location, stats, errors or the CLI."""
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+    with RedisScoreCache(url, retry_interval=0) as s:
+        assert "hunter2" not in repr(s) + s.location
+        assert s.location.startswith("redis://:***@127.0.0.1:")
+        with pytest.raises(CacheError) as info:
+            s.stats()
+        assert "hunter2" not in str(info.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rerank_cache", "--cache-url", url, "stats"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "RERANK_CACHE_URL"},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("rerank-cache: error: cannot use Redis at redis://:***@")
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert main(["--cache-url", url, "path"]) == 0
+
+
+@pytest.mark.parametrize("command", [["stats"], ["warm", "-"], ["clear", "--yes"], ["check"]])
+def test_cli_unreachable_redis_is_one_line(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command against a Redis nobody listens on: one line, exit 1."""
+    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    assert main(["--cache-url", url, *command]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "cannot use Redis at redis://127.0.0.1:" in err
+
+
+def test_cli_url_from_env_and_flags(
+    redis_server: RedisServer,  # noqa: F811
+    ns: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """RERANK_CACHE_URL picks Redis; --cache-dir overrides it; both flags are a usage error."""
+    url = f"{redis_server.url}?namespace={ns}"
+    monkeypatch.setenv("RERANK_CACHE_URL", url)
+    assert main(["path"]) == 0
+    assert capsys.readouterr().out.strip() == url
+    assert main(["--cache-dir", str(tmp_path / "d"), "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "d")
+    assert main(["--cache-url", f"file://{tmp_path}/f", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "f")
+    assert main(["--cache-dir", "x", "--cache-url", url, "path"]) == 2
+    assert main(["--cache-url", "ftp://x/y", "path"]) == 2
+    monkeypatch.setenv("RERANK_CACHE_URL", "ftp://x/y")
+    assert main(["path"]) == 1
+    assert "unsupported scheme ftp://" in capsys.readouterr().err
+
+
+def test_cli_check_fix_on_redis(
+    redis_server: RedisServer,  # noqa: F811
+    ns: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """check finds a planted value (exit 1); check --fix removes it (exit 0)."""
+    url = f"{redis_server.url}?namespace={ns}"
+    with redis_server.client() as client:
+        client.set(f"{ns}:s:{key(1)}", "0.5")
+        client.set(f"{ns}:s:{key(2)}", b"\x80\x04pickle")
+    assert main(["--cache-url", url, "check"]) == 1
+    assert "1 unsafe key(s)" in capsys.readouterr().out
+    assert main(["--cache-url", url, "check", "--fix"]) == 0
+    assert "removed 1 unsafe row(s)" in capsys.readouterr().out
+    assert main(["--cache-url", url, "check"]) == 0
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x:y", "*", "-lead", "n" * 65])
+def test_bad_namespaces_are_refused(bad: str) -> None:
+    """Namespaces are short names of letters, digits, '_', '.', '-'."""
+    with pytest.raises(ConfigurationError, match="namespace"):
+        RedisScoreCache("redis://127.0.0.1:1/0", namespace=bad)
+
+
+def test_two_namespaces_for_one_store_are_refused() -> None:
+    """A namespace in the URL and a different one as an argument is an error."""
+    with pytest.raises(ConfigurationError, match="two namespaces"):
+        RedisScoreCache("redis://127.0.0.1:1/0?namespace=a", namespace="b")
+
+
+def test_check_repairs_counter_hashes(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+    """A counters key of another type, or malformed fields, are reported and repaired."""
+    with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
+        s.put_many({key(1): 0.5}, model=MODEL, api_requests=1)
+        client.delete(f"{ns}:counters")
+        client.set(f"{ns}:counters", "planted")
+        client.hset(f"{ns}:entries", "garbage", "1")
+        with pytest.raises(CacheError, match="WRONGTYPE"):
+            s.stats()
+        report = s.check()
+        assert not report.ok
+        assert any("is not a hash" in m for m in report.messages)
+        assert any("1 malformed field(s)" in m for m in report.messages)
+        assert s.check(fix=True).ok
+        stats = s.stats()
+        assert (stats.entries, stats.api_requests) == (1, 0)
+        assert s.check().messages == []
+
+
+def test_close_flushes_counters_even_while_down(tmp_path: Path) -> None:
+    """close() tries to write what was counted while Redis was down, whatever the interval."""
+    port = free_port()
+    s = RedisScoreCache(f"redis://127.0.0.1:{port}/0", retry_interval=3600)
+    assert s.put_many({key(1): 0.5}, model=MODEL, api_requests=1, documents_sent=1) is False
+    with RedisServer(tmp_path / "late", port=port) as late:
+        s.close()
+        with RedisScoreCache(late.url) as back:
+            stats = back.stats()
+    assert (stats.api_requests, stats.documents_sent, stats.store_errors) == (1, 1, 1)
