@@ -17,7 +17,12 @@ API_KEY = "sk-test-0123456789abcdef"
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's real key, endpoint or cache directory."""
-    for name in ("DASHSCOPE_API_KEY", "DASHSCOPE_HTTP_BASE_URL", "XDG_CACHE_HOME"):
+    for name in (
+        "DASHSCOPE_API_KEY",
+        "DASHSCOPE_HTTP_BASE_URL",
+        "XDG_CACHE_HOME",
+        "RERANK_CACHE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RERANK_CACHE_DIR", str(tmp_path / "default-cache"))
 

@@ -638,3 +638,40 @@ def test_stats_have_no_anonymous_model(
         stats = store.stats()
     assert stats.store_errors >= 1
     assert "" not in stats.models
+
+
+def test_cached_one_liner_honours_cache_url(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With RERANK_CACHE_URL set, .cached() opens the store it names."""
+    monkeypatch.setenv("RERANK_CACHE_URL", f"file://{tmp_path / 'by-url'}")
+    r = make_reranker().cached()
+    try:
+        assert r.cache.directory == tmp_path / "by-url"  # type: ignore[attr-defined]
+    finally:
+        r.close()
+
+
+def test_size_limit_evicts_oldest_not_newest(tmp_path: Path) -> None:
+    """Crossing size_limit evicts the oldest scores; a batch never evicts itself."""
+    with ScoreCache(tmp_path / "small", size_limit=500_000) as store:
+        batches = [
+            {score_key("m", None, f"q{b}", f"doc {i}"): 0.25 for i in range(500)} for b in range(10)
+        ]
+        for batch in batches:
+            assert store.put_many(batch, model="m")
+            assert len(store.get_many(batch)) == 500  # each batch survives whole
+            assert store._cache.volume() <= 500_000
+        stats = store.stats()
+    assert 500 < stats.entries < 5000  # older ones made room, no more than needed
+
+
+def test_expired_rows_are_tidied_by_writes(tmp_path: Path) -> None:
+    """Each write deletes up to as many expired rows as it stores."""
+    with freeze_time("2026-01-01") as clock, ScoreCache(tmp_path / "tidy", ttl=60) as store:
+        store.put_many({score_key("m", None, "q", f"old {i}"): 0.5 for i in range(100)}, model="m")
+        clock.tick(120)
+        store.put_many({score_key("m", None, "q", f"new {i}"): 0.5 for i in range(40)}, model="m")
+        stats = store.stats()
+    assert stats.expired_entries == 60
+    assert stats.entries == 40

@@ -718,7 +718,7 @@ def test_cli_url_from_env_and_flags(
     assert main(["--cache-url", "ftp://x/y", "path"]) == 2
     monkeypatch.setenv("RERANK_CACHE_URL", "ftp://x/y")
     assert main(["path"]) == 1
-    assert "unsupported scheme ftp://" in capsys.readouterr().err
+    assert "unsupported cache URL scheme 'ftp://'" in capsys.readouterr().err
 
 
 def test_cli_check_fix_on_redis(

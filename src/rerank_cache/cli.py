@@ -20,15 +20,20 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
+from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import CorruptCacheError, DashScopeError, RerankCacheError
+from .errors import ConfigurationError, CorruptCacheError, DashScopeError, RerankCacheError
 from .pricing import CURRENCY, estimate_cost
 from .protocols import ScoreStore
-from .store import CacheStats, CheckReport, ScoreCache, default_cache_dir, read_stats
+from .store import (
+    CacheStats,
+    CheckReport,
+    ScoreCache,
+    default_cache_dir,
+    read_stats,
+    resolve_cache_url,
+)
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 
 if TYPE_CHECKING:
@@ -37,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["main", "stats_json"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 #: Where the store is: a cache directory, or the URL of a Redis server.
 Target = Path | str
 
@@ -66,16 +70,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _scheme(text: str) -> str:
-    return urlsplit(text).scheme.lower() if "://" in text else ""
-
-
 def _cache_url(text: str) -> str:
-    scheme = _scheme(text)
-    if scheme and scheme not in (*_REDIS_SCHEMES, "file"):
-        raise argparse.ArgumentTypeError(
-            f"unsupported scheme {scheme}:// (use redis://, rediss://, unix:// or file://)"
-        )
+    try:
+        resolve_cache_url(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -182,20 +181,10 @@ def _target(args: argparse.Namespace) -> Target:
     url = args.cache_url or os.environ.get("RERANK_CACHE_URL", "").strip()
     if not url:
         return Path(os.path.abspath(default_cache_dir()))
-    scheme = _scheme(url)
-    if scheme in _REDIS_SCHEMES:
-        return url
-    if scheme == "file":
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-            raise _FailureError(f"a file URL names a local directory (file:///path), not {url}")
-        return Path(os.path.abspath(url2pathname(parts.path)))
-    if scheme:
-        raise _FailureError(
-            f"RERANK_CACHE_URL: unsupported scheme {scheme}:// "
-            "(use redis://, rediss://, unix:// or file://)"
-        )
-    return Path(os.path.abspath(Path(url).expanduser()))
+    try:
+        return resolve_cache_url(url)
+    except ConfigurationError as exc:
+        raise _FailureError(f"RERANK_CACHE_URL / --cache-url: {exc}") from None
 
 
 def _open_redis(url: str, *, ping: bool = True, **kwargs: Any) -> RedisScoreCache:
@@ -427,7 +416,7 @@ def _warm(args: argparse.Namespace, target: Target) -> int:
             for event in warm(
                 source,
                 # warm() uses only ScoreStore members; its annotation still says ScoreCache.
-                cast(ScoreCache, cache),
+                cache,
                 model=args.model,
                 instruct=args.instruct,
                 field=args.field,
@@ -445,13 +434,12 @@ def _warm(args: argparse.Namespace, target: Target) -> int:
         except InvalidLineError as exc:
             progress.finish()
             raise _FailureError(
-                f"{exc}. The {progress.lines:,} lines before it are warmed; fix the line "
-                "or pass --skip-invalid."
+                f"{exc}. Every line before it is warmed; fix the line or pass --skip-invalid."
             ) from None
         except DashScopeError as exc:
             progress.finish()
             raise _FailureError(
-                f"{exc} The {progress.lines:,} lines completed are kept; re-run to resume."
+                f"{exc} Every request that completed is stored; re-run to resume."
             ) from None
         progress.finish()
     assert summary is not None

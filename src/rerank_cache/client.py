@@ -676,6 +676,10 @@ class DashScopeClient:
         hint = ""
         if status == HTTPStatus.NOT_FOUND:
             hint = f" Check the model name {self.model!r} and base_url."
+        elif code == "DataInspectionFailed":
+            hint = " DashScope's content inspection refused the query or a document."
+        elif code == "Arrearage":
+            hint = " The Alibaba Cloud account is overdue; top it up to continue."
         elif status == HTTPStatus.BAD_REQUEST:
             hint = " DashScope rejected the request as invalid; it was not retried."
         return APIError(what + hint, status=status, code=code, request_id=request_id)

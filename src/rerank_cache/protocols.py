@@ -107,5 +107,14 @@ class ScoreStore(Protocol):
     def check(self, *, fix: bool = False) -> CheckReport:
         """Check integrity; with ``fix``, repair what can be repaired."""
 
+    def flush_stats(self) -> None:
+        """Write counters kept in memory now (fails open)."""
+
     def close(self) -> None:
         """Flush counters and release connections."""
+
+    def __enter__(self) -> ScoreStore:
+        """Use the store as a context manager; it closes on exit."""
+
+    def __exit__(self, *exc_info: object) -> Any:
+        """Close the store."""

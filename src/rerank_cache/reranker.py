@@ -28,7 +28,7 @@ from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .cached import CachedReRanker
-    from .store import ScoreCache
+    from .protocols import ScoreStore
 
 logger = logging.getLogger("rerank_cache")
 
@@ -345,17 +345,21 @@ class QwenReRanker(RerankMethods):
             self._client, query, self._topn, self._rerank_field, self._on_error
         )
 
-    def cached(self, cache: ScoreCache | None = None) -> CachedReRanker:
+    def cached(self, cache: ScoreStore | None = None) -> CachedReRanker:
         """Return this reranker with the score cache in front: ``QwenReRanker(...).cached()``.
 
         Args:
-            cache: the store to use; by default a :class:`ScoreCache` in the default
-                directory (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
+            cache: the store to use; by default the one ``RERANK_CACHE_URL`` names (a Redis
+                URL or a directory), else a :class:`ScoreCache` in the default directory
+                (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
         """
         from .cached import CachedReRanker
         from .store import ScoreCache
 
-        return CachedReRanker(self, cache if cache is not None else ScoreCache())
+        if cache is None:
+            url = os.environ.get("RERANK_CACHE_URL", "").strip()
+            cache = ScoreCache.from_url(url) if url else ScoreCache()
+        return CachedReRanker(self, cache)
 
     # -- the three steps -------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import diskcache
 from pydantic import BaseModel, ConfigDict
@@ -327,6 +329,39 @@ def read_stats(directory: str | os.PathLike[str] | None = None) -> CacheStats:
         con.close()
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def resolve_cache_url(url: str | os.PathLike[str]) -> Path | str:
+    """Return the directory a cache URL or path names, or the URL itself for Redis.
+
+    ``redis://``, ``rediss://`` and ``unix://`` URLs come back unchanged (a Redis store);
+    ``file:///path`` and plain paths come back as an absolute :class:`Path`.
+
+    Raises:
+        ConfigurationError: bytes, a ``file://`` URL naming a remote host, or another scheme.
+    """
+    text = os.fspath(url)
+    if isinstance(text, bytes):
+        raise ConfigurationError("the cache URL must be text, not bytes")
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme in REDIS_SCHEMES:
+        return text
+    if scheme == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ConfigurationError(
+                f"a file URL names a local directory (file:///path/to/dir), got {text!r}"
+            )
+        return Path(os.path.abspath(url2pathname(parts.path)))
+    if scheme:
+        raise ConfigurationError(
+            f"unsupported cache URL scheme {scheme + '://'!r}: use redis://, rediss://, "
+            "unix://, file:// or a directory path"
+        )
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     """True for a damaged file, not for a lock, a full disk or a permission problem."""
     return type(exc) is sqlite3.DatabaseError  # OperationalError & co. are subclasses
@@ -420,30 +455,12 @@ class ScoreCache:
             ('ScoreCache', 0)
             >>> store.close()
         """
-        from urllib.parse import urlsplit
-        from urllib.request import url2pathname
-
-        text = os.fspath(url)
-        if isinstance(text, bytes):
-            raise ConfigurationError("the cache URL must be text, not bytes")
-        scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-        if scheme in ("redis", "rediss", "unix"):
+        target = resolve_cache_url(url)
+        if isinstance(target, str):
             from .redis_store import RedisScoreCache  # needs the optional redis-py
 
-            return RedisScoreCache(text, **kwargs)
-        if scheme == "file":
-            parts = urlsplit(text)
-            if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-                raise ConfigurationError(
-                    f"a file URL names a local directory (file:///path/to/dir), got {text!r}"
-                )
-            return cls(url2pathname(parts.path), **kwargs)
-        if scheme:
-            raise ConfigurationError(
-                f"unsupported cache URL scheme {scheme + '://'!r}: use redis://, rediss://, "
-                "unix://, file:// or a directory path"
-            )
-        return cls(text, **kwargs)
+            return RedisScoreCache(target, **kwargs)
+        return cls(target, **kwargs)
 
     def _open(self, recover: bool) -> diskcache.Cache:
         try:
@@ -477,15 +494,22 @@ class ScoreCache:
             disk=SafeDisk,
             size_limit=self._size_limit,
             eviction_policy="least-recently-stored",
+            cull_limit=0,  # see _enforce_size_limit
             statistics=0,
             tag_index=0,
         )
         try:
-            cache._sql(
-                f"CREATE TABLE IF NOT EXISTS {_COUNTERS_TABLE} ("
-                " model TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
-                " PRIMARY KEY (model, name))"
-            )
+            exists = cache._sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (_COUNTERS_TABLE,),
+            ).fetchone()
+            if not exists:
+                # Like diskcache's own set-up: wait out other writers (a read needs no lock).
+                cache._sql_retry(
+                    f"CREATE TABLE IF NOT EXISTS {_COUNTERS_TABLE} ("
+                    " model TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
+                    " PRIMARY KEY (model, name))"
+                )
         except BaseException:
             cache.close()
             raise
@@ -574,12 +598,33 @@ class ScoreCache:
                     self._cache.set(key, value, expire=self._ttl)
                 if duplicates:
                     usage["duplicate_sends"] = duplicates
+                # Tidy as we go: drop as many expired rows as we wrote (index range scan).
+                self._cache._sql(
+                    "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache WHERE "
+                    "expire_time IS NOT NULL AND expire_time <= ? LIMIT ?)",
+                    (time.time(), len(clean)),
+                )
                 self._write_counters({model: usage}, take_pending=True)
         except (sqlite3.Error, OSError, diskcache.Timeout, TypeError) as exc:
             self._store_error("write", exc)
             self._add_pending(model, usage)
             return False
+        self._enforce_size_limit()
         return True
+
+    def _enforce_size_limit(self) -> None:
+        """Evict the oldest scores, after the write committed, until under ``size_limit``.
+
+        diskcache's own culling runs inside ``set()``, where the file size cannot shrink
+        until the transaction commits, so one batched write over the limit would evict up
+        to ten rows per score written, its own included. It is switched off
+        (``cull_limit=0``) and done here instead, in small committed steps.
+        """
+        try:
+            if self._cache.volume() > self._size_limit:
+                self._cache.cull()
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._store_error("eviction", exc)
 
     def _live_keys(self, keys: list[str]) -> set[str]:
         live: set[str] = set()

@@ -32,9 +32,9 @@ from .errors import ConfigurationError
 from .keys import KeyBuilder
 from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
+from .protocols import ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import DEFAULT_MODEL, QwenReRanker
-from .store import ScoreCache
 
 __all__ = [
     "InvalidLineError",
@@ -198,7 +198,7 @@ def parse_line(
 
 def warm(
     source: Iterable[str | bytes],
-    cache: ScoreCache,
+    cache: ScoreStore,
     *,
     model: str = DEFAULT_MODEL,
     instruct: str | None = None,
@@ -370,7 +370,7 @@ def _drain(running: set[Future[LineWarmed]], totals: _Totals, when: str) -> Iter
 
 def _dry_run(
     source: Iterable[str | bytes],
-    cache: ScoreCache,
+    cache: ScoreStore,
     *,
     model: str,
     instruct: str | None,
