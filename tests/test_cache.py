@@ -675,3 +675,15 @@ def test_expired_rows_are_tidied_by_writes(tmp_path: Path) -> None:
         stats = store.stats()
     assert stats.expired_entries == 60
     assert stats.entries == 40
+
+
+def test_stats_count_models_whose_names_nest(tmp_path: Path) -> None:
+    """Per-model entries stay exact when one model name is a prefix of another."""
+    with ScoreCache(tmp_path / "models") as store:
+        for model, n in (("a", 3), ("a:b", 5), ("ab", 2), ("b", 4)):
+            store.put_many(
+                {score_key(model, None, "q", f"d{i}"): 0.5 for i in range(n)}, model=model
+            )
+        stats = store.stats()
+    assert {m: s.entries for m, s in stats.models.items()} == {"a": 3, "a:b": 5, "ab": 2, "b": 4}
+    assert stats.entries == 14

@@ -162,21 +162,23 @@ def prepare_text(value: Any, limits: ModelLimits) -> str | None:
     text = str(value).strip()
     if not text:
         return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    ascii_only = text.isascii()
+    if not ascii_only:  # an ASCII str always encodes: skip the copy
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if len(text) > limits.max_item_chars:
         text = text[: limits.max_item_chars]
     # No text estimates above two tokens per character (one if ASCII): skip the count
     # for texts that cannot reach the limit, which is nearly all of them.
-    bound = len(text) if text.isascii() else 2 * len(text)
+    bound = len(text) if ascii_only else 2 * len(text)
     if bound > limits.max_item_tokens and estimate_tokens(text) > limits.max_item_tokens:
         text = trim_to_tokens(text, limits.max_item_tokens)
     return text
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate(Generic[D]):
     """One document that takes part in a rerank, with the exact text that scores it."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .client import (
     DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONCURRENCY,
     BatchResult,
     DashScopeClient,
     RetryPolicy,
@@ -224,7 +225,7 @@ class QwenReRanker(RerankMethods):
         base_url: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        max_concurrency: int = 4,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_rpm: float | RateLimiter | None = None,
         limits: ModelLimits | None = None,
         on_error: OnError = "raise",

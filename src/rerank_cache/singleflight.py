@@ -18,38 +18,48 @@ class Flight:
     """One key being fetched by some thread or task; others wait for it to land.
 
     ``score`` is set as soon as the owner has it; it stays None if the owner failed or was
-    cancelled, and the waiter then fetches the key itself.
+    cancelled, and the waiter then fetches the key itself. Flights are created for every
+    miss, so they are kept cheap: the lock is the registry's, and an event or future is
+    made only for a waiter, which is rare.
     """
 
-    __slots__ = ("_lock", "_waiters", "event", "score")
+    __slots__ = ("_event", "_lock", "_waiters", "landed", "score")
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.score: float | None = None
-        self._lock = threading.Lock()
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._event: threading.Event | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.landed = False
+        self.score: float | None = None
 
     def land(self, score: float | None = None) -> None:
         """Record the outcome (once) and wake every waiting thread and task."""
         with self._lock:
-            if self.event.is_set():
+            if self.landed:
                 return
-            self.score = score
-            self.event.set()
-            waiters, self._waiters = self._waiters, []
+            self.landed, self.score = True, score
+            event, waiters, self._waiters = self._event, self._waiters, []
+        if event is not None:
+            event.set()
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the flight lands; False on timeout."""
-        return self.event.wait(timeout)
+        with self._lock:
+            if self.landed:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     async def wait_async(self) -> None:
         """Wait, without blocking the event loop, until the flight lands."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if self.event.is_set():
+            if self.landed:
                 return
             self._waiters.append((loop, future))
         try:
@@ -95,7 +105,7 @@ class SingleFlight:
             for key in keys:
                 flight = self._flights.get(key)
                 if flight is None:
-                    mine[key] = self._flights[key] = Flight()
+                    mine[key] = self._flights[key] = Flight(self._lock)
                 elif key not in mine:
                     theirs[key] = flight
         try:

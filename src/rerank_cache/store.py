@@ -235,6 +235,69 @@ def _counters(con: sqlite3.Connection) -> dict[str, Counter[str]]:
     return out
 
 
+def _entries(
+    con: sqlite3.Connection, now: float
+) -> tuple[dict[str, int], int, float | None, float | None]:
+    """Live entries per model, expired entries, oldest and newest live store time.
+
+    No full scan on the usual path: keys are ``"1:<model>:<32 hex>"``, so each model's keys
+    form one range of the ``(key, raw)`` index. Hop from model to model (one index seek
+    each), count each range on the covering index, and subtract the expired rows (found
+    through the ``expire_time`` index). A model name containing ``":"`` would make ranges
+    nest, so then one grouped scan is used instead.
+    """
+    totals: dict[str, int] = {}
+    low, high = _KEY_HEAD, _KEY_HEAD[:-1] + chr(ord(_KEY_HEAD[-1]) + 1)  # "1:" .. "1;"
+    while row := con.execute(
+        "SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key LIMIT 1", (low, high)
+    ).fetchone():
+        key = row[0]
+        model = key[2:-33]
+        if len(key) < 35 or key[-33] != ":":
+            low = key + "\x00"  # not a current-format key: step over it
+            continue
+        first, past = f"{_KEY_HEAD}{model}:", f"{_KEY_HEAD}{model};"
+        count, nested = con.execute(
+            "SELECT count(*), total(length(key) != ?) FROM Cache "
+            "WHERE key >= ? AND key < ? AND raw = 1",
+            (len(first) + 32, first, past),
+        ).fetchone()
+        if ":" in model or nested:  # another model's keys inside this range
+            totals = dict(
+                con.execute(
+                    f"SELECT {_model_expr()}, count(*) FROM Cache WHERE raw = 1 AND "
+                    "substr(key, 1, 2) = ? GROUP BY 1",
+                    (_KEY_HEAD,),
+                ).fetchall()
+            )
+            break
+        totals[model] = count
+        low = past
+    dead = dict(
+        con.execute(
+            f"SELECT {_model_expr()}, count(*) FROM Cache WHERE expire_time IS NOT NULL "
+            "AND expire_time <= ? AND raw = 1 AND substr(key, 1, 2) = ? GROUP BY 1",
+            (now, _KEY_HEAD),
+        ).fetchall()
+    )
+    entries = {model: total - dead.get(model, 0) for model, total in totals.items()}
+    # "+expire_time" keeps SQLite on the store_time index: the first live row in store_time
+    # order is the oldest, the last the newest (no scan, no sort).
+    live = "(+expire_time IS NULL OR +expire_time > ?)"
+    oldest = con.execute(
+        f"SELECT store_time FROM Cache WHERE {live} ORDER BY store_time LIMIT 1", (now,)
+    ).fetchone()
+    newest = con.execute(
+        f"SELECT store_time FROM Cache WHERE {live} ORDER BY store_time DESC LIMIT 1", (now,)
+    ).fetchone()
+    return (
+        entries,
+        sum(dead.values()),
+        oldest[0] if oldest else None,
+        newest[0] if newest else None,
+    )
+
+
 def _collect_stats(
     con: sqlite3.Connection,
     directory: str,
@@ -244,23 +307,10 @@ def _collect_stats(
     counters = _counters(con)
     for model, deltas in (pending or {}).items():
         counters.setdefault(model, Counter()).update(deltas)
-    entries_by_model: dict[str, int] = {}
-    expired = 0
-    oldest = newest = None
     try:
-        for model, live, dead in con.execute(
-            f"SELECT {_model_expr()}, sum(expire_time IS NULL OR expire_time > ?), "
-            "sum(expire_time IS NOT NULL AND expire_time <= ?) FROM Cache "
-            "WHERE raw = 1 AND substr(key, 1, 2) = ? GROUP BY 1",
-            (now, now, _KEY_HEAD),
-        ):
-            entries_by_model[model] = int(live or 0)
-            expired += int(dead or 0)
-        oldest, newest = con.execute(
-            f"SELECT min(store_time), max(store_time) FROM Cache WHERE {_LIVE}", (now,)
-        ).fetchone()
-    except sqlite3.OperationalError:
-        pass  # no Cache table yet: an empty store
+        entries_by_model, expired, oldest, newest = _entries(con, now)
+    except sqlite3.OperationalError:  # no Cache table yet: an empty store
+        entries_by_model, expired, oldest, newest = {}, 0, None, None
     size = 0
     for name in ("cache.db", "cache.db-wal"):
         with contextlib.suppress(OSError):
@@ -594,8 +644,20 @@ class ScoreCache:
         try:
             with self._cache.transact():
                 duplicates = len(self._live_keys(list(clean))) if clean else 0
-                for key, value in clean.items():
-                    self._cache.set(key, value, expire=self._ttl)
+                now = time.time()
+                expire = None if self._ttl is None else now + self._ttl
+                # One UPSERT for the batch instead of Cache.set() per key (a SELECT, an
+                # INSERT or UPDATE, and a cull check of three more statements, per key).
+                # DO UPDATE (not REPLACE) keeps diskcache's count/size triggers right.
+                self._cache._con.executemany(
+                    "INSERT INTO Cache (key, raw, store_time, expire_time, access_time,"
+                    " access_count, tag, size, mode, filename, value)"
+                    " VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
+                    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+                    " expire_time = excluded.expire_time, access_time = excluded.access_time,"
+                    " value = excluded.value, tag = NULL, size = 0, mode = 1, filename = NULL",
+                    [(key, now, expire, now, value) for key, value in clean.items()],
+                )
                 if duplicates:
                     usage["duplicate_sends"] = duplicates
                 # Tidy as we go: drop as many expired rows as we wrote (index range scan).
