@@ -13,6 +13,9 @@ Measurements (``--only`` takes these names):
 * ``processes`` — 4 processes reranking overlapping pairs on one cache directory.
 * ``warm`` — ``rerank-cache warm`` on a JSONL file: pairs per second and peak RSS.
 * ``stats`` — ``rerank-cache stats`` on a one-million-entry cache (built once, reused).
+* ``redis`` — the hit path on a private ``redis-server`` next to diskcache, same run.
+* ``loop`` — event-loop lag while ``arerank`` scores 2,000 uncached documents, next to the
+  blocking ``rerank`` called inside the loop.
 
 Every request goes to :class:`rerank_cache.testing.DashScopeServer` on 127.0.0.1 (never to
 DashScope): nothing is billed and no key is needed. The server runs in this process, except
@@ -35,6 +38,8 @@ import platform
 import random
 import re
 import shlex
+import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -59,7 +64,7 @@ MODEL = "gte-rerank-v2"
 API_KEY = "sk-bench-local-only"  # the local server accepts any key; nothing is billed
 FIELD = "content"
 SEED = 20240611
-NAMES = ("hit", "traffic", "cold", "processes", "warm", "stats")
+NAMES = ("hit", "traffic", "cold", "processes", "warm", "stats", "redis", "loop")
 SUBPROCESS_TIMEOUT = 600.0
 
 
@@ -1265,6 +1270,196 @@ def bench_stats(ctx: Context) -> list[Row]:
 # -- main ----------------------------------------------------------------------------------
 
 
+# -- 7. hit path on Redis ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A private redis-server on 127.0.0.1 (no persistence); its URL, or None if absent."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2),
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start within 10 s")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def bench_redis(ctx: Context) -> list[Row]:
+    """The hit path (100 cached candidates) on Redis next to diskcache, same run."""
+    section = "7 hit path, Redis"
+    iterations = 1_000 if ctx.quick else 5_000
+    rng = random.Random(SEED + 7)
+    distinct = list({t: i for i, t in enumerate(ctx.corpus.texts)}.values())
+    results = [ctx.corpus.docs(rng.sample(distinct, 100))]
+    query = "how does a score cache avoid paying twice for reranking"
+    with redis_server() as url:
+        if url is None:
+            return [
+                Row(
+                    section,
+                    "CachedReRanker.rerank, 100 cached",
+                    "—",
+                    "skipped: redis-server not installed",
+                )
+            ]
+        try:
+            from rerank_cache.redis_store import RedisScoreCache
+        except ImportError:
+            return [
+                Row(
+                    section,
+                    "CachedReRanker.rerank, 100 cached",
+                    "—",
+                    "skipped: redis-py not installed (pip install 'rerank-cache[redis]')",
+                )
+            ]
+        medians: dict[str, float] = {}
+        rows: list[Row] = []
+        stores: list[tuple[str, Any]] = [
+            ("diskcache", ScoreCache(ctx.tmp / "redis-vs-disk")),
+            ("Redis (127.0.0.1)", RedisScoreCache(url)),
+        ]
+        for label, store in stores:
+            with store, local_server() as server:
+                reranker = reranker_for(server.base_url, store).with_query(query)
+                reranker.rerank(results)  # fill: every later call is all hits
+                sent = server.stats.documents
+                samples = []
+                for _ in range(iterations):
+                    started = time.perf_counter()
+                    reranker.rerank(results)
+                    samples.append(time.perf_counter() - started)
+                assert server.stats.documents == sent, "the hit path sent documents"
+            medians[label] = statistics.median(samples)
+            rows.append(
+                Row(
+                    section,
+                    f"CachedReRanker.rerank, 100 cached, {label} (median / p99)",
+                    "—",
+                    f"{ms(medians[label])} / {ms(percentile(samples, 0.99))}",
+                    None,
+                    {"median_s": medians[label], "p99_s": percentile(samples, 0.99)},
+                )
+            )
+        ratio = medians["Redis (127.0.0.1)"] / medians["diskcache"]
+        rows.append(Row(section, "Redis median / diskcache median", "—", f"{ratio:.2f}x"))
+        return rows
+
+
+# -- 8. event-loop lag during an async cold rerank -------------------------------------------
+
+
+async def _lag_during(work: Callable[[], Any], tick: float = 0.001) -> tuple[list[float], float]:
+    """Run ``work`` (a coroutine function) while a ticker measures how late it wakes."""
+    import asyncio
+
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(tick)
+            lags.append(time.perf_counter() - started - tick)
+
+    probe = asyncio.ensure_future(ticker())
+    started = time.perf_counter()
+    try:
+        await work()
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        await probe
+    return lags, elapsed
+
+
+def bench_loop(ctx: Context) -> list[Row]:
+    """Event-loop lag while ``arerank`` scores 2,000 uncached documents (300 ms latency),
+    next to the same rerank done with the blocking ``rerank`` inside the loop."""
+    import asyncio
+
+    from rerank_cache import close_async_sessions
+
+    section = "8 event loop"
+    rows: list[Row] = []
+    rng = random.Random(SEED + 8)
+    distinct = list({t: i for i, t in enumerate(ctx.corpus.texts)}.values())
+    with ServerProcess(latency=0.3) as server:
+        for label, use_async in (("arerank (async)", True), ("rerank (blocking)", False)):
+            docs = ctx.corpus.docs(rng.sample(distinct, min(2_000, len(distinct))))
+            with ScoreCache(ctx.tmp / f"loop-{use_async}") as cache:
+                reranker = reranker_for(server.base_url, cache).with_query(
+                    f"event loop probe {label}"
+                )
+
+                async def work(r: Any = reranker, d: list[Doc] = docs, a: bool = use_async) -> None:
+                    if a:
+                        await r.arerank([d], 10)
+                    else:
+                        r.rerank([d], 10)
+
+                async def run(
+                    w: Callable[[], Any] = work, r: Any = reranker, d: list[Doc] = docs
+                ) -> tuple[list[float], float]:
+                    try:
+                        # Warm up as a running service would be: SDK imported, TLS ready.
+                        await r.with_query("warm-up").arerank([d[:1]], 1)
+                        return await _lag_during(w)
+                    finally:
+                        await close_async_sessions()
+
+                lags, elapsed = asyncio.run(run())
+            worst = max(lags) if lags else elapsed
+            target = "max lag < 50 ms" if use_async else "—"
+            met = worst < 0.05 if use_async else None
+            rows.append(
+                Row(
+                    section,
+                    f"{label}: 2,000 uncached docs, loop lag max / p99 (ticks)",
+                    target,
+                    f"{ms(worst)} / {ms(percentile(lags, 0.99) if lags else elapsed)} "
+                    f"({len(lags)} ticks in {ms(elapsed)})",
+                    met,
+                    {"max_lag_s": worst, "ticks": len(lags), "elapsed_s": elapsed},
+                )
+            )
+    return rows
+
+
 @dataclass
 class Context:
     """What every measurement shares."""
@@ -1281,6 +1476,8 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "processes": bench_processes,
     "warm": bench_warm,
     "stats": bench_stats,
+    "redis": bench_redis,
+    "loop": bench_loop,
 }
 
 

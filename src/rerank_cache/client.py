@@ -54,6 +54,17 @@ logger = logging.getLogger("rerank_cache")
 DEFAULT_MAX_CONCURRENCY = 16
 #: Idle connections kept per client, at least (threads share a client through with_query).
 _MIN_POOL_SIZE = 64
+#: Above this many texts, the async path plans requests in a worker thread.
+_PLAN_IN_THREAD = 200
+
+
+def _prepare_async_sdk() -> None:
+    """Import the SDK's async client and build its shared TLS context (slow, once)."""
+    from dashscope import AioTextReRank  # noqa: F401 - imported for its side effect
+    from dashscope.api_entities.aio_session import get_ssl_context
+
+    get_ssl_context()
+
 
 #: DashScope's default (Beijing) endpoint, used when neither an argument nor
 #: ``DASHSCOPE_HTTP_BASE_URL`` names another.
@@ -249,6 +260,7 @@ class DashScopeClient:
         self._lock = threading.Lock()
         self._totals = UsageTotals()
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
+        self._async_ready = False
 
     def __repr__(self) -> str:
         return (
@@ -332,7 +344,15 @@ class DashScopeClient:
         if not texts:
             return ScoreResult({}, ())
         deadline = self._deadline()
-        groups = self._plan(query, texts)
+        if not self._async_ready:
+            # Importing the SDK and building its TLS context take tenths of a second:
+            # do it once in a worker thread, not on the event loop.
+            await asyncio.to_thread(_prepare_async_sdk)
+            self._async_ready = True
+        if len(texts) > _PLAN_IN_THREAD:  # token estimates for thousands of texts
+            groups = await asyncio.to_thread(self._plan, query, texts)
+        else:
+            groups = self._plan(query, texts)
         results: list[BatchResult] = []
         semaphore = asyncio.Semaphore(self.max_concurrency)
         failed = False
