@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import math
 import random
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -35,7 +36,7 @@ from .errors import (
     RequestTimeoutError,
     TransportError,
 )
-from .planning import ModelLimits, plan_batches
+from .planning import ModelLimits, iter_batches
 from .ratelimit import RateLimiter
 
 __all__ = [
@@ -297,7 +298,9 @@ class DashScopeClient:
         if not texts:
             return ScoreResult({}, ())
         deadline = self._deadline()
-        groups = self._plan(query, texts)
+        groups = self._iter_plan(query, texts)
+        first = next(groups)
+        second = next(groups, None)
         results: list[BatchResult] = []
 
         def done(result: BatchResult) -> None:
@@ -305,10 +308,10 @@ class DashScopeClient:
             if on_batch is not None:
                 on_batch(result)
 
-        if len(groups) == 1:
-            done(self._send(query, groups[0], deadline))
+        if second is None:
+            done(self._send(query, first, deadline))
         else:
-            self._send_concurrently(query, groups, deadline, done)
+            self._send_concurrently(query, itertools.chain((first, second), groups), deadline, done)
         return self._merge(results)
 
     def _deadline(self) -> float | None:
@@ -316,9 +319,12 @@ class DashScopeClient:
             return None
         return self.retry.clock() + self.retry.deadline
 
+    def _iter_plan(self, query: str, texts: Sequence[str]) -> Iterator[tuple[str, ...]]:
+        for batch in iter_batches(query, texts, self.limits, instruct=self.instruct):
+            yield tuple(texts[i] for i in batch)
+
     def _plan(self, query: str, texts: Sequence[str]) -> list[tuple[str, ...]]:
-        batches = plan_batches(query, texts, self.limits, instruct=self.instruct)
-        return [tuple(texts[i] for i in batch) for batch in batches]
+        return list(self._iter_plan(query, texts))
 
     @staticmethod
     def _merge(results: list[BatchResult]) -> ScoreResult:
@@ -388,12 +394,13 @@ class DashScopeClient:
     def _send_concurrently(
         self,
         query: str,
-        groups: list[tuple[str, ...]],
+        groups: Iterable[tuple[str, ...]],
         deadline: float | None,
         done: Callable[[BatchResult], None],
     ) -> None:
-        workers = min(self.max_concurrency, len(groups))
-        with ThreadPoolExecutor(workers, thread_name_prefix="rerank-cache") as pool:
+        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rerank-cache") as pool:
+            # Each request is submitted as soon as it is planned: it is on the wire while
+            # the following ones are still being estimated.
             pending: set[Future[BatchResult]] = {
                 pool.submit(self._send, query, group, deadline) for group in groups
             }

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +32,7 @@ __all__ = [
     "assemble",
     "collect",
     "estimate_tokens",
+    "iter_batches",
     "iter_docs",
     "limits_for",
     "plan_batches",
@@ -271,23 +272,36 @@ def plan_batches(
     estimated tokens, counting the query once per document, each document, and the instruct
     once. Every text is assumed already trimmed by :func:`prepare_text`.
     """
+    return list(
+        iter_batches(query, texts, limits, instruct=instruct, budget_fraction=budget_fraction)
+    )
+
+
+def iter_batches(
+    query: str,
+    texts: Sequence[str],
+    limits: ModelLimits,
+    *,
+    instruct: str | None = None,
+    budget_fraction: float = 0.9,
+) -> Iterator[list[int]]:
+    """:func:`plan_batches`, one request at a time: the first can be sent while the rest
+    are still being planned (estimating thousands of texts takes tens of milliseconds)."""
     if not texts:
-        return []
+        return
     budget = int(limits.max_request_tokens * budget_fraction)
     query_tokens = min(estimate_tokens(query), limits.max_item_tokens)
     fixed = estimate_tokens(instruct) if instruct else 0
-    batches: list[list[int]] = []
     current: list[int] = []
     used = fixed
     for index, text in enumerate(texts):
         cost = query_tokens + min(estimate_tokens(text), limits.max_item_tokens)
         if current and (len(current) >= limits.max_documents or used + cost > budget):
-            batches.append(current)
+            yield current
             current, used = [], fixed
         current.append(index)
         used += cost
-    batches.append(current)
-    return batches
+    yield current
 
 
 def assemble(
