@@ -45,11 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dashscope
 import pytest
 
-from rerank_cache import CachedReRanker, ScoreCache
+from rerank_cache import CachedReRanker, ScoreStore
 from rerank_cache.cli import main as cli_main
 from rerank_cache.testing import DashScopeServer
+
+from .redis_fixture import RedisServer, redis_server  # noqa: F401 - fixture used by name
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -316,22 +319,35 @@ def close_leftovers(namespace: dict[str, Any]) -> None:
     for value in list(namespace.values()):
         if isinstance(value, CachedReRanker):
             value = value.cache
-        if isinstance(value, ScoreCache):
+        if isinstance(value, ScoreStore):
             value.close()
+        elif type(value).__module__.startswith("zvec") and type(value).__name__ == "Collection":
+            value.close()  # zvec keeps open collections registered by path
         elif isinstance(value, DashScopeServer):
             value.stop()
 
 
 @pytest.fixture
-def docs_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def docs_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[None]:
     """A fresh local DashScope server, the env vars examples rely on, and a scratch cwd.
 
     Runs after conftest's autouse fixture, which clears DASHSCOPE_* and sets
     RERANK_CACHE_DIR; the values set here win. Variables the examples change are restored.
+    The SDK's module-level endpoint points at the local server too, so examples of zvec's
+    own reranker (which reads it) run offline. A file that uses ``REDIS_URL`` gets a
+    private redis-server.
     """
     workdir = tmp_path / "work"
     workdir.mkdir()
+    path: Path = request.getfixturevalue("path")
+    if "REDIS_URL" in path.read_text(encoding="utf-8"):
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        monkeypatch.setenv("REDIS_URL", redis.url)
     with DashScopeServer() as server:
+        monkeypatch.setattr(dashscope, "base_http_api_url", server.base_url)
+        monkeypatch.setattr(dashscope, "api_key", None)
         monkeypatch.setenv("DASHSCOPE_API_KEY", FAKE_KEY)
         monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", server.base_url)
         monkeypatch.setenv("RERANK_CACHE_DIR", str(tmp_path / "rerank-cache"))
