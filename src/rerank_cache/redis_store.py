@@ -65,6 +65,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .counters import PendingCounters
 from .errors import CacheError, ConfigurationError
 from .keys import KEY_VERSION, model_of
 from .singleflight import SingleFlight
@@ -308,11 +309,9 @@ class RedisScoreCache:
         self._score_prefix = f"{namespace}:s:"
         self._counters_key = f"{namespace}:counters"
         self._entries_key = f"{namespace}:entries"
-        self._flush_interval = stats_flush_interval
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
-        self._pending: dict[str, Counter[str]] = {}
-        self._last_flush = time.monotonic()
+        self._pending = PendingCounters(stats_flush_interval)
         self._last_prune = 0.0
         self._down_until = 0.0
         self._down = False
@@ -359,7 +358,7 @@ class RedisScoreCache:
 
     def _skip(self, what: str) -> None:
         logger.debug("rerank-cache: %s skipped: Redis at %s is down", what, self.location)
-        self._add_pending("", Counter(store_errors=1))
+        self._pending.add("", Counter(store_errors=1))
 
     def _store_error(self, what: str, exc: BaseException) -> None:
         unreachable = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
@@ -374,7 +373,7 @@ class RedisScoreCache:
             self._describe(exc),
             f" for {self._retry_interval:g} s" if unreachable and self._retry_interval else "",
         )
-        self._add_pending("", Counter(store_errors=1))
+        self._pending.add("", Counter(store_errors=1))
 
     def _up(self) -> None:
         with self._lock:
@@ -453,9 +452,9 @@ class RedisScoreCache:
         )
         if self._is_down():
             self._skip("write")
-            self._add_pending(model, usage)
+            self._pending.add(model, usage)
             return False
-        pending = self._take_pending()
+        pending = self._pending.take()
         counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
         counters.setdefault(model, Counter()).update(usage)
         bucket = _bucket_field(model, self._ttl_ms, int(time.time() * 1000))
@@ -468,16 +467,16 @@ class RedisScoreCache:
             self._queue_counters(pipe, counters)
             results = pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
-            self._restore_pending(pending)
+            self._pending.restore(pending)
             self._store_error("write", exc)
-            self._add_pending(model, usage)
+            self._pending.add(model, usage)
             return False
         self._up()
         previous = results[: len(clean)]
         refused = sum(isinstance(r, Exception) for r in previous)
         duplicates = sum(r is not None and not isinstance(r, Exception) for r in previous)
         if duplicates:
-            self._add_pending(model, Counter(duplicate_sends=duplicates))
+            self._pending.add(model, Counter(duplicate_sends=duplicates))
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             # A key or counter of ours holds another type (planted, or other software):
@@ -524,45 +523,28 @@ class RedisScoreCache:
 
     def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
         """Count pairs looked up; flushed to Redis at most every ``stats_flush_interval``."""
-        self._add_pending(model, Counter(hits=hits, misses=misses))
-        if time.monotonic() - self._last_flush >= self._flush_interval and not self._is_down():
+        self._pending.add(model, Counter(hits=hits, misses=misses))
+        if self._pending.due() and not self._is_down():
             self.flush_stats()
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
-        self._add_pending(model, Counter(fallbacks=1))
-
-    def _add_pending(self, model: str, deltas: Counter[str]) -> None:
-        with self._lock:
-            self._pending.setdefault(model, Counter()).update(deltas)
-
-    def _take_pending(self) -> dict[str, Counter[str]]:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._last_flush = time.monotonic()
-        return pending
-
-    def _restore_pending(self, pending: Mapping[str, Counter[str]]) -> None:
-        for model, deltas in pending.items():
-            self._add_pending(model, deltas)
+        self._pending.add(model, Counter(fallbacks=1))
 
     def flush_stats(self) -> None:
         """Write the in-memory counters now (fails open: they are kept for a later flush).
 
         Tries even while Redis is considered down: it is called on purpose (and on close).
         """
-        if self._closed:
+        if self._closed or not self._pending:
             return
-        with self._lock:
-            if not self._pending:
-                return
-        pending = self._take_pending()
+        pending = self._pending.take()
         try:
             pipe = self._client.pipeline(transaction=True)
             self._queue_counters(pipe, pending)
             pipe.execute()
         except (RedisError, OSError) as exc:
-            self._restore_pending(pending)
+            self._pending.restore(pending)
             if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
                 with self._lock:
                     self._down = True
@@ -602,9 +584,8 @@ class RedisScoreCache:
                 raise self._unavailable(result)
         now_ms = int(time.time() * 1000)
         counters = _parse_counters(counters_raw)
-        with self._lock:
-            for model, deltas in self._pending.items():
-                counters.setdefault(model, Counter()).update(deltas)
+        for model, deltas in self._pending.snapshot().items():
+            counters.setdefault(model, Counter()).update(deltas)
         entries: Counter[str] = Counter()
         oldest: int | None = None
         newest: int | None = None

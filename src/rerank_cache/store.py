@@ -20,7 +20,6 @@ import math
 import os
 import sqlite3
 import stat
-import threading
 import time
 import weakref
 from collections import Counter
@@ -34,6 +33,7 @@ from urllib.request import url2pathname
 import diskcache
 from pydantic import BaseModel, ConfigDict
 
+from .counters import PendingCounters
 from .errors import CacheDirectoryError, CacheError, ConfigurationError, CorruptCacheError
 from .keys import KEY_VERSION
 from .safedisk import SafeDisk
@@ -474,10 +474,7 @@ class ScoreCache:
         )
         self._size_limit = size_limit
         self._timeout = timeout
-        self._flush_interval = stats_flush_interval
-        self._lock = threading.Lock()
-        self._pending: dict[str, Counter[str]] = {}
-        self._last_flush = time.monotonic()
+        self._pending = PendingCounters(stats_flush_interval)
         #: Keys being fetched right now by threads of this process (see SingleFlight).
         self.flights = SingleFlight()
         self._closed = False
@@ -641,6 +638,8 @@ class ScoreCache:
         usage = Counter(
             api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
         )
+        pending = self._pending.take()  # written in the same transaction as the scores
+        counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
         try:
             with self._cache.transact():
                 duplicates = len(self._live_keys(list(clean))) if clean else 0
@@ -658,18 +657,19 @@ class ScoreCache:
                     " value = excluded.value, tag = NULL, size = 0, mode = 1, filename = NULL",
                     [(key, now, expire, now, value) for key, value in clean.items()],
                 )
-                if duplicates:
-                    usage["duplicate_sends"] = duplicates
+                counters.setdefault(model, Counter()).update(usage)
+                counters[model]["duplicate_sends"] += duplicates
                 # Tidy as we go: drop as many expired rows as we wrote (index range scan).
                 self._cache._sql(
                     "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache WHERE "
                     "expire_time IS NOT NULL AND expire_time <= ? LIMIT ?)",
                     (time.time(), len(clean)),
                 )
-                self._write_counters({model: usage}, take_pending=True)
+                self._write_counters(counters)
         except (sqlite3.Error, OSError, diskcache.Timeout, TypeError) as exc:
+            self._pending.restore(pending)
+            self._pending.add(model, usage)  # the usage was paid for: keep counting it
             self._store_error("write", exc)
-            self._add_pending(model, usage)
             return False
         self._enforce_size_limit()
         return True
@@ -706,17 +706,13 @@ class ScoreCache:
 
     def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
         """Count pairs looked up; flushed to disk at most every ``stats_flush_interval``."""
-        self._add_pending(model, Counter(hits=hits, misses=misses))
-        if time.monotonic() - self._last_flush >= self._flush_interval:
+        self._pending.add(model, {"hits": hits, "misses": misses})
+        if self._pending.due():
             self.flush_stats()
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
-        self._add_pending(model, Counter(fallbacks=1))
-
-    def _add_pending(self, model: str, deltas: Counter[str]) -> None:
-        with self._lock:
-            self._pending.setdefault(model, Counter()).update(deltas)
+        self._pending.add(model, {"fallbacks": 1})
 
     def _store_error(self, what: str, exc: BaseException) -> None:
         hint = ""
@@ -731,62 +727,41 @@ class ScoreCache:
             exc,
             hint,
         )
-        self._add_pending("", Counter(store_errors=1))
+        self._pending.add("", {"store_errors": 1})
 
-    def _take_pending(self) -> dict[str, Counter[str]]:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._last_flush = time.monotonic()
-        return pending
-
-    def _write_counters(self, extra: Mapping[str, Counter[str]], *, take_pending: bool) -> None:
+    def _write_counters(self, counters: Mapping[str, Mapping[str, int]]) -> None:
         """Add counters inside the caller's transaction."""
-        merged: dict[str, Counter[str]] = {m: Counter(c) for m, c in extra.items()}
-        pending = self._take_pending() if take_pending else {}
-        try:
-            for model, deltas in pending.items():
-                merged.setdefault(model, Counter()).update(deltas)
-            rows = [
-                (model, name, value)
-                for model, deltas in merged.items()
-                for name, value in deltas.items()
-                if value
-            ]
-            if rows:
-                self._cache._con.executemany(
-                    f"INSERT INTO {_COUNTERS_TABLE} (model, name, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT(model, name) DO UPDATE SET value = value + excluded.value",
-                    rows,
-                )
-        except BaseException:
-            for model, deltas in pending.items():
-                self._add_pending(model, deltas)
-            raise
+        rows = [
+            (model, name, value)
+            for model, deltas in counters.items()
+            for name, value in deltas.items()
+            if value
+        ]
+        if rows:
+            self._cache._con.executemany(
+                f"INSERT INTO {_COUNTERS_TABLE} (model, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(model, name) DO UPDATE SET value = value + excluded.value",
+                rows,
+            )
 
     def flush_stats(self) -> None:
-        """Write the in-memory hit/miss counters now (fails open)."""
-        if self._closed:
+        """Write the in-memory hit/miss counters now (fails open: they are kept)."""
+        if self._closed or not self._pending:
             return
-        with self._lock:
-            if not self._pending:
-                return
+        pending = self._pending.take()
         try:
             with self._cache.transact():
-                self._write_counters({}, take_pending=True)
+                self._write_counters(pending)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            self._pending.restore(pending)
             logger.warning("rerank-cache: could not write stats counters (%s)", exc)
 
     # -- maintenance ---------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
         """Return entries, hits, misses, usage and a per-model breakdown (all processes)."""
-        with self._lock:
-            pending = {m: Counter(c) for m, c in self._pending.items()}
         return _collect_stats(
-            self._cache._con,
-            str(self._directory),
-            time.time(),
-            pending,
+            self._cache._con, str(self._directory), time.time(), self._pending.snapshot()
         )
 
     def clear(self, model: str | None = None) -> int:
