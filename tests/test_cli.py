@@ -435,3 +435,40 @@ def test_max_rpm_spaces_requests(env: Path, tmp_path: Path, server: DashScopeSer
     log.write_text("\n".join(log_lines(2)) + "\n")
     assert main(["--cache-dir", str(env), "warm", str(log), "--max-rpm", "6000"]) == 0
     assert server.stats.requests == 2
+
+
+def test_warm_cache_script_matches_the_cli(
+    env: Path, tmp_path: Path, server: DashScopeServer
+) -> None:
+    """scripts/warm_cache.py warms like `rerank-cache warm`, options in any order."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(5)) + "\n")
+    script = ROOT / "scripts" / "warm_cache.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(log), "--cache-dir", str(env), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["scored"] == 40
+    proc = subprocess.run(
+        [sys.executable, str(script), f"--cache-dir={env}", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "already cached          40" in proc.stdout
+    assert server.stats.documents == 40
+    bad = subprocess.run(
+        [sys.executable, str(script), "--cache-dir", str(env), "missing.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "no such file" in bad.stderr
