@@ -25,6 +25,7 @@ from rerank_cache import (
     CorruptCacheError,
     Doc,
     QwenReRanker,
+    RetryPolicy,
     ScoreCache,
     score_key,
 )
@@ -687,3 +688,53 @@ def test_stats_count_models_whose_names_nest(tmp_path: Path) -> None:
         stats = store.stats()
     assert {m: s.entries for m, s in stats.models.items()} == {"a": 3, "a:b": 5, "ab": 2, "b": 4}
     assert stats.entries == 14
+
+
+def test_caching_layers_stack(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
+) -> None:
+    """A cache in front of another cache: hits from the inner one fill the outer one."""
+    docs = make_docs(6)
+    with ScoreCache(tmp_path / "shared") as shared, ScoreCache(tmp_path / "local") as local:
+        inner = CachedReRanker(make_reranker(), shared)
+        inner.rerank([docs[:4]])  # the shared store holds 4 of the 6 pairs
+        outer = CachedReRanker(inner, local)
+        first = outer.rerank([docs], 6)
+        assert server.stats.documents == 6  # 4 earlier + only the 2 new ones
+        assert local.stats().entries == 6
+        server.reset_stats()
+        assert outer.rerank([docs], 6) == first
+        assert server.stats.requests == 0
+
+
+def test_waiters_share_the_owners_failure(
+    make_reranker: Callable[..., QwenReRanker],
+    cache: ScoreCache,
+    server: DashScopeServer,
+    sleeps: object,
+) -> None:
+    """During an outage, threads waiting on the same pairs get the owner's error instead of
+    each repeating the whole retry cycle."""
+    server.latency = 0.3
+    server.fail_next(503, times=100)
+    r = cached(make_reranker, cache, retry=RetryPolicy(sleep=sleeps, max_attempts=2))  # type: ignore[arg-type]
+    docs = make_docs(5)
+    barrier = threading.Barrier(4)
+    outcomes: list[BaseException | None] = []
+
+    def work() -> None:
+        barrier.wait(timeout=5)
+        try:
+            r.with_query(r.query).rerank([docs])
+            outcomes.append(None)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(outcomes) == 4
+    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
+    assert server.stats.requests == 2  # one owner, two attempts; the others waited

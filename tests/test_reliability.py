@@ -364,3 +364,20 @@ def test_api_key_never_leaks(
     for path in directory.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_errors_pickle_and_copy() -> None:
+    """DashScope errors survive pickling and copying with their attributes."""
+    import copy
+    import pickle
+
+    error = RateLimitError("slow down", code="Throttling", request_id="r1", retry_after=2.0)
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(clone) is RateLimitError
+        assert (str(clone), clone.status, clone.code, clone.request_id, clone.retry_after) == (
+            "slow down",
+            429,
+            "Throttling",
+            "r1",
+            2.0,
+        )

@@ -10,14 +10,17 @@ returned), and merge. A cached score is the very float DashScope returned.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .client import BatchResult, ScoreResult
+from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
 from .protocols import Scorer, ScoreStore
 from .reranker import OnError, RerankMethods, check_on_error
+from .singleflight import Flight
 
 __all__ = ["CachedReRanker"]
 
@@ -189,13 +192,15 @@ class CachedReRanker(RerankMethods):
                     self._take_late(late, pending, scores)
                     to_send = [pending[key] for key in mine if key not in late]
                     if to_send:
-                        await self._reranker.ascore_texts(to_send, on_batch=stored)
+                        result = await self._reranker.ascore_texts(to_send, on_batch=stored)
+                        unsent = self._unsent(result, scores)
+                        if unsent:
+                            await asyncio.to_thread(self._keep, unsent, key_of, scores)
                     for key in mine:
                         pending.pop(key, None)
             for key, flight in theirs.items():
                 await flight.wait_async()
-                if flight.score is not None:
-                    scores[pending.pop(key)] = flight.score
+                self._take_landed(key, flight, pending, scores)
 
     def _fetch(
         self,
@@ -223,14 +228,16 @@ class CachedReRanker(RerankMethods):
                     self._take_late(late, pending, scores)
                     to_send = [pending[key] for key in mine if key not in late]
                     if to_send:
-                        self._reranker.score_texts(to_send, on_batch=stored)
+                        result = self._reranker.score_texts(to_send, on_batch=stored)
+                        unsent = self._unsent(result, scores)
+                        if unsent:
+                            self._keep(unsent, key_of, scores)
                     for key in mine:
                         pending.pop(key, None)
             for key, flight in theirs.items():
                 flight.wait()
-                if flight.score is not None:
-                    scores[pending.pop(key)] = flight.score
-            # Keys whose owner failed stay pending: this thread claims them next round.
+                self._take_landed(key, flight, pending, scores)
+            # Keys whose owner was cancelled stay pending: this thread claims them next round.
 
     # -- shared by the sync and async paths ----------------------------------------------
 
@@ -257,6 +264,32 @@ class CachedReRanker(RerankMethods):
         self._cache.flights.publish(fresh)
         scores.update(zip(batch.texts, batch.scores, strict=True))
         sent.append(batch)
+
+    @staticmethod
+    def _take_landed(
+        key: str, flight: Flight, pending: dict[str, str], scores: dict[str, float]
+    ) -> None:
+        """Take a score another thread or task fetched; raise the error that stopped it."""
+        if flight.score is not None:
+            scores[pending.pop(key)] = flight.score
+        elif isinstance(flight.error, DashScopeError):
+            # The same pairs would fail the same way: do not queue behind a doomed retry.
+            raise copy.copy(flight.error)
+
+    @staticmethod
+    def _unsent(result: ScoreResult, scores: dict[str, float]) -> dict[str, float]:
+        """Scores the wrapped reranker returned without a request (e.g. from its own cache,
+        when caching layers are stacked): text -> score."""
+        return {t: s for t, s in result.scores.items() if t not in scores}
+
+    def _keep(
+        self, unsent: dict[str, float], key_of: dict[str, str], scores: dict[str, float]
+    ) -> None:
+        """Store and hand out scores that came without a request (no usage to count)."""
+        fresh = {key_of[t]: s for t, s in unsent.items()}
+        self._cache.put_many(fresh, model=self._reranker.model)
+        self._cache.flights.publish(fresh)
+        scores.update(unsent)
 
     @staticmethod
     def _take_late(

@@ -22,6 +22,8 @@ API key.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -51,8 +53,18 @@ class NoDocumentsError(ConfigurationError):
     """None of the documents has text to score (zvec raises ``ValueError`` here too)."""
 
 
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class DashScopeError(RerankCacheError):
     """Talking to DashScope failed.
+
+    Errors of this family can be pickled and copied (they cross process pools, and a
+    failed fetch's error is handed to every thread that waited on it).
 
     Attributes:
         request_id: DashScope's request id when the service answered, else None.
@@ -61,6 +73,9 @@ class DashScopeError(RerankCacheError):
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         super().__init__(message)
         self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class APIError(DashScopeError):

@@ -17,13 +17,14 @@ __all__ = ["Flight", "SingleFlight"]
 class Flight:
     """One key being fetched by some thread or task; others wait for it to land.
 
-    ``score`` is set as soon as the owner has it; it stays None if the owner failed or was
-    cancelled, and the waiter then fetches the key itself. Flights are created for every
+    ``score`` is set as soon as the owner has it. If the owner failed, ``error`` holds why
+    (waiters raise it rather than repeat a doomed fetch); if it was cancelled, both stay
+    None and a waiter fetches the key itself. Flights are created for every
     miss, so they are kept cheap: the lock is the registry's, and an event or future is
     made only for a waiter, which is rare.
     """
 
-    __slots__ = ("_event", "_lock", "_waiters", "landed", "score")
+    __slots__ = ("_event", "_lock", "_waiters", "error", "landed", "score")
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
@@ -31,13 +32,14 @@ class Flight:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.landed = False
         self.score: float | None = None
+        self.error: Exception | None = None
 
-    def land(self, score: float | None = None) -> None:
+    def land(self, score: float | None = None, error: Exception | None = None) -> None:
         """Record the outcome (once) and wake every waiting thread and task."""
         with self._lock:
             if self.landed:
                 return
-            self.landed, self.score = True, score
+            self.landed, self.score, self.error = True, score, error
             event, waiters, self._waiters = self._event, self._waiters, []
         if event is not None:
             event.set()
@@ -95,9 +97,9 @@ class SingleFlight:
         """Claim keys; yields (keys now owned by the caller, flights owned by others).
 
         While the caller owns a key, others asking for it get its flight and wait instead
-        of fetching it again. Leaving the context (normally, by an error, or by
-        cancellation) releases the caller's keys and wakes their waiters; keys never
-        published land with no score, so a waiter fetches them itself.
+        of fetching it again. Leaving the context releases the caller's keys and wakes
+        their waiters: keys never published land with the error that ended the context,
+        or, after a cancellation, with nothing (a waiter then fetches them itself).
         """
         mine: dict[str, Flight] = {}
         theirs: dict[str, Flight] = {}
@@ -108,15 +110,19 @@ class SingleFlight:
                     mine[key] = self._flights[key] = Flight(self._lock)
                 elif key not in mine:
                     theirs[key] = flight
+        failure: Exception | None = None
         try:
             yield list(mine), theirs
+        except Exception as exc:  # a failure (not a cancellation): waiters get it too
+            failure = exc
+            raise
         finally:
             with self._lock:
                 for key, flight in mine.items():
                     if self._flights.get(key) is flight:
                         del self._flights[key]
             for flight in mine.values():
-                flight.land(None)
+                flight.land(None, failure)
 
     def publish(self, scores: Mapping[str, float]) -> None:
         """Hand fresh scores to whoever waits on those keys."""
