@@ -30,6 +30,7 @@ from rerank_cache import (
     score_key,
 )
 from rerank_cache.planning import plan_batches
+from rerank_cache.store import read_stats
 from rerank_cache.testing import DashScopeServer, score
 
 from .conftest import API_KEY
@@ -738,3 +739,29 @@ def test_waiters_share_the_owners_failure(
     assert len(outcomes) == 4
     assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
     assert server.stats.requests == 2  # one owner, two attempts; the others waited
+
+
+def test_all_hits_never_wait_for_a_lock(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
+) -> None:
+    """While another process holds the write lock, all-hit reranks still answer at once and
+    keep their counts for later (no counter flush waits on the request path)."""
+    d = tmp_path / "busy"
+    with ScoreCache(d, stats_flush_interval=0, timeout=600) as store:
+        r = CachedReRanker(make_reranker(), store)
+        docs = make_docs(5)
+        r.rerank([docs])
+        blocker = sqlite3.connect(d / "cache.db", timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            worker = threading.Thread(target=lambda: [r.rerank([docs]) for _ in range(3)])
+            worker.start()
+            worker.join(timeout=30)  # a hang guard, not a timing: the old code waited 600 s
+            assert not worker.is_alive()
+        finally:
+            blocker.rollback()
+            blocker.close()
+            worker.join(timeout=60)
+        assert store.stats().hits == 15  # counted in memory meanwhile
+        store.flush_stats()
+        assert read_stats(d).hits == 15

@@ -549,3 +549,21 @@ def test_ambiguous_positional_mix_is_refused() -> None:
     """A string topn with a rerank_field that is no model name is refused, not guessed."""
     with pytest.raises(ConfigurationError, match="keywords"):
         QwenReRanker("q", "title", rerank_field="content", api_key=API_KEY)  # type: ignore[arg-type]
+
+
+def test_interrupt_stops_queued_requests(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """An interrupt during a multi-request call starts no further requests."""
+    r = make_reranker(max_concurrency=1)
+    plan = r.prepare([make_docs(1200, chars=400)])
+    calls: list[int] = []
+
+    def interrupt(batch: object) -> None:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        r.score_texts(plan.texts, on_batch=interrupt)  # type: ignore[arg-type]
+    assert server.stats.requests <= 2  # the completed one, and at most one in flight
+    assert len(calls) >= 1

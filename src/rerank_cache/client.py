@@ -398,13 +398,14 @@ class DashScopeClient:
         deadline: float | None,
         done: Callable[[BatchResult], None],
     ) -> None:
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rerank-cache") as pool:
+        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rerank-cache")
+        pending: set[Future[BatchResult]] = set()
+        error: BaseException | None = None
+        try:
             # Each request is submitted as soon as it is planned: it is on the wire while
             # the following ones are still being estimated.
-            pending: set[Future[BatchResult]] = {
-                pool.submit(self._send, query, group, deadline) for group in groups
-            }
-            error: BaseException | None = None
+            for group in groups:
+                pending.add(pool.submit(self._send, query, group, deadline))
             while pending:
                 # Hand each request to `done` as soon as it completes, so its scores are
                 # stored even if a later request fails or the process dies.
@@ -420,8 +421,22 @@ class DashScopeClient:
                         # Stop what has not started; what is in flight finishes and is kept.
                         for other in pending:
                             other.cancel()
-            if error is not None:
-                raise error
+        except BaseException:
+            # Interrupted (Ctrl-C, a failing callback): start nothing new.
+            for other in pending:
+                other.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            # Requests that were in flight when we stopped were paid for: keep them.
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    try:
+                        done(future.result())
+                    except Exception:
+                        logger.exception("rerank-cache: could not keep a completed request")
+        if error is not None:
+            raise error
 
     # -- one request, with retries ---------------------------------------------------------
     # The sync and async loops below differ only at the I/O edge (the SDK call, the sleep,

@@ -708,7 +708,7 @@ class ScoreCache:
         """Count pairs looked up; flushed to disk at most every ``stats_flush_interval``."""
         self._pending.add(model, {"hits": hits, "misses": misses})
         if self._pending.due():
-            self.flush_stats()
+            self._flush(wait=False)
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
@@ -746,15 +746,27 @@ class ScoreCache:
 
     def flush_stats(self) -> None:
         """Write the in-memory hit/miss counters now (fails open: they are kept)."""
+        self._flush(wait=True)
+
+    def _flush(self, *, wait: bool) -> None:
+        """Write pending counters; with ``wait=False`` give up at once if another process
+        holds the write lock (the request path never waits for counters)."""
         if self._closed or not self._pending:
             return
         pending = self._pending.take()
+        con = self._cache._con
+        if not wait:
+            con.execute("PRAGMA busy_timeout = 0")
         try:
             with self._cache.transact():
                 self._write_counters(pending)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
             self._pending.restore(pending)
-            logger.warning("rerank-cache: could not write stats counters (%s)", exc)
+            if wait:
+                logger.warning("rerank-cache: could not write stats counters (%s)", exc)
+        finally:
+            if not wait:
+                con.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
 
     # -- maintenance ---------------------------------------------------------------------
 
