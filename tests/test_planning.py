@@ -160,3 +160,33 @@ def _reference_estimate(text: str) -> int:
 def test_fast_estimate_equals_definition(text: str) -> None:
     """The fast estimator counts exactly what the unit-by-unit definition counts."""
     assert estimate_tokens(text) == _reference_estimate(text)
+
+
+def _reference_trim(text: str, max_tokens: int) -> str:
+    """The walk over every unit from the start, which trim_to_tokens must equal."""
+    from rerank_cache.planning import _LETTERS_PER_TOKEN, _UNIT, _unit_tokens
+
+    used = 0
+    for match in _UNIT.finditer(text):
+        unit = match.group()
+        cost = _unit_tokens(unit)
+        if used + cost > max_tokens:
+            end = match.start()
+            if unit[0].isascii() and unit[0].isalpha():
+                end += max((max_tokens - used) * _LETTERS_PER_TOKEN, 0)
+            return text[:end].rstrip()
+        used += cost
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["word", "a", " ", "  ", "\n", "42", "!", "向", "\x01", "xyzzy"]),
+        max_size=200,
+    ).map("".join),
+    st.integers(min_value=1, max_value=120),
+)
+def test_trim_equals_the_full_walk(text: str, budget: int) -> None:
+    """Starting the walk from a guess gives exactly the cut of walking from the start."""
+    assert trim_to_tokens(text, budget) == _reference_trim(text, budget)

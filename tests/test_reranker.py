@@ -491,6 +491,9 @@ def test_two_keys_two_threads_each_send_their_own(server: DashScopeServer) -> No
     """Two rerankers with different keys, used from two threads, each send their own key."""
     import hashlib
 
+    import dashscope
+
+    global_key = dashscope.api_key  # whatever the SDK read from the environment at import
     keys = ["sk-alpha-1111", "sk-beta-2222"]
     rerankers = [
         QwenReRanker(f"query {k}", rerank_field="content", api_key=k, base_url=server.base_url)
@@ -519,9 +522,7 @@ def test_two_keys_two_threads_each_send_their_own(server: DashScopeServer) -> No
         assert req.api_key_fingerprint is not None
         seen.setdefault(fingerprints[req.api_key_fingerprint], set()).add(req.query or "")
     assert seen == {k: {f"query {k}"} for k in keys}
-    import dashscope
-
-    assert dashscope.api_key is None  # the SDK's global key is never set
+    assert dashscope.api_key == global_key  # the SDK's global key is never set by us
 
 
 def test_with_query_shares_client(make_reranker: Callable[..., QwenReRanker]) -> None:
@@ -567,3 +568,15 @@ def test_interrupt_stops_queued_requests(
         r.score_texts(plan.texts, on_batch=interrupt)  # type: ignore[arg-type]
     assert server.stats.requests <= 2  # the completed one, and at most one in flight
     assert len(calls) >= 1
+
+
+def test_whitespace_and_control_heavy_documents_stay_within_limits(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """Documents of mostly spaces or control characters never make a request DashScope
+    would refuse (16 MiB body, token budget)."""
+    spaces = [Doc(f"s{i}", fields={"content": ("word" + " " * 1000) * 200}) for i in range(90)]
+    junk = [Doc(f"j{i}", fields={"content": "x" + "\x01" * 300_000}) for i in range(10)]
+    out = make_reranker().rerank([spaces + junk], 100)
+    assert len(out) == 100
+    assert all(req.status == 200 for req in server.requests_log)

@@ -17,6 +17,7 @@ character as a token) so a planned request never exceeds the real budget.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -87,10 +88,14 @@ def limits_for(model: str) -> ModelLimits:
     return MODEL_LIMITS.get(model, DEFAULT_LIMITS)
 
 
-# One match per estimated unit: a run of ASCII letters, one digit, ASCII whitespace, one
-# ASCII symbol, or one non-ASCII character (Unicode spaces count: conservative).
-_UNIT = re.compile(r"[A-Za-z]+|[0-9]|[\t\n\v\f\r ]+|[\x21-\x7e]|[^\x00-\x7f]")
+# The definition, one match per unit: a run of ASCII letters, one digit, a run of ASCII
+# whitespace, one ASCII symbol, one ASCII control character, or one non-ASCII character.
+# estimate_tokens computes the same sum faster (a property test checks they agree).
+_UNIT = re.compile(
+    r"[A-Za-z]+|[0-9]|[\t\n\v\f\r ]+|[\x21-\x7e]|[\x00-\x08\x0e-\x1f\x7f]|[^\x00-\x7f]"
+)
 _LETTERS_PER_TOKEN = 3
+_SPACES_PER_TOKEN = 4
 
 
 def _unit_tokens(unit: str) -> int:
@@ -98,23 +103,28 @@ def _unit_tokens(unit: str) -> int:
     if first.isascii():
         if first.isalpha():
             return math.ceil(len(unit) / _LETTERS_PER_TOKEN)
-        if first.isspace():
-            return 0
-        return 1
+        if first in "\t\n\v\f\r ":
+            # A single space merges into the next word; anything more is tokens of its own.
+            return 0 if unit == " " else math.ceil(len(unit) / _SPACES_PER_TOKEN)
+        return 1  # a digit, a symbol, a control character
     return 2 if ord(first) > 0xFFFF else 1
 
 
 _LETTER_RUN = re.compile(r"[A-Za-z]+")
-_ASCII_SYMBOL = re.compile(r"[\x21-\x40\x5b-\x60\x7b-\x7e]")  # digits and punctuation
+# Digits, punctuation and control characters: one token each.
+_ASCII_SINGLE = re.compile(r"[\x21-\x40\x5b-\x60\x7b-\x7e\x00-\x08\x0e-\x1f\x7f]")
+_SPACE_RUN = re.compile(r"[\t\n\v\f\r ]{2,}|[\t\n\v\f\r]")  # all but a lone space
 
 
 def estimate_tokens(text: str) -> int:
     """Estimate, conservatively, how many tokens DashScope counts for ``text``.
 
-    Runs of ASCII letters count one token per three letters, every digit, ASCII symbol and
-    non-ASCII character counts one token (two outside the Basic Multilingual Plane; non-ASCII
-    spaces count too), and ASCII whitespace counts nothing. Real tokenizers merge more, so
-    this over-counts.
+    Runs of ASCII letters count one token per three letters; every digit, ASCII symbol,
+    control character and non-ASCII character counts one token (two outside the Basic
+    Multilingual Plane); a single space counts nothing (it merges into the next word) and
+    any other run of ASCII whitespace one token per four characters. Real tokenizers merge
+    more, so this over-counts; and since no text costs less than about one token per two
+    characters, no request planned with it can grow past DashScope's body limit.
 
     Example:
         >>> estimate_tokens("what is a vector database")
@@ -123,7 +133,8 @@ def estimate_tokens(text: str) -> int:
         5
     """
     tokens = sum((len(run) + 2) // 3 for run in _LETTER_RUN.findall(text))
-    tokens += len(_ASCII_SYMBOL.findall(text))
+    tokens += len(_ASCII_SINGLE.findall(text))
+    tokens += sum((len(run) + 3) // 4 for run in _SPACE_RUN.findall(text))
     if not text.isascii():
         tokens += len(text) - len(text.encode("ascii", "ignore"))
         tokens += len(text.encode("utf-16-le", "surrogatepass")) // 2 - len(text)  # astral
@@ -134,20 +145,35 @@ def trim_to_tokens(text: str, max_tokens: int) -> str:
     """Return the longest prefix of ``text`` whose :func:`estimate_tokens` is ``<= max_tokens``.
 
     Trailing whitespace of the cut is removed so the result is what :func:`prepare_text`
-    would produce for it.
+    would produce for it. The estimate grows about linearly along a text, so the walk over
+    units starts from a proportional guess (at a lone space, where the estimate of a prefix
+    and of the rest add up exactly) instead of from the first word.
     """
-    total = 0
-    for match in _UNIT.finditer(text):
+    total = estimate_tokens(text)
+    if total <= max_tokens:
+        return text
+    start, used = 0, 0
+    guess = len(text) * max_tokens // total * 9 // 10
+    cut = text.rfind(" ", 0, guess)
+    while cut > 0 and (text[cut - 1] in _WHITESPACE or text[cut + 1 : cut + 2] in _WHITESPACE):
+        cut = text.rfind(" ", 0, cut)  # not a lone space: look further back
+    if cut > 0:
+        head = estimate_tokens(text[: cut + 1])
+        if head <= max_tokens:
+            start, used = cut + 1, head
+    for match in _UNIT.finditer(text, start):
         unit = match.group()
         cost = _unit_tokens(unit)
-        if total + cost > max_tokens:
+        if used + cost > max_tokens:
             end = match.start()
             if unit[0].isascii() and unit[0].isalpha():
-                room = (max_tokens - total) * _LETTERS_PER_TOKEN
-                end += max(room, 0)
+                end += max((max_tokens - used) * _LETTERS_PER_TOKEN, 0)
             return text[:end].rstrip()
-        total += cost
+        used += cost
     return text
+
+
+_WHITESPACE = frozenset("\t\n\v\f\r ")
 
 
 def prepare_text(value: Any, limits: ModelLimits) -> str | None:
@@ -174,9 +200,16 @@ def prepare_text(value: Any, limits: ModelLimits) -> str | None:
     # No text estimates above two tokens per character (one if ASCII): skip the count
     # for texts that cannot reach the limit, which is nearly all of them.
     bound = len(text) if ascii_only else 2 * len(text)
-    if bound > limits.max_item_tokens and estimate_tokens(text) > limits.max_item_tokens:
-        text = trim_to_tokens(text, limits.max_item_tokens)
+    if bound > limits.max_item_tokens:
+        text = _trimmed(text, limits.max_item_tokens)
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _trimmed(text: str, max_tokens: int) -> str:
+    """:func:`trim_to_tokens`, remembered: long documents come back on every rerank of the
+    same query, and trimming one costs milliseconds (a pure function, so safe to share)."""
+    return trim_to_tokens(text, max_tokens)
 
 
 @dataclass(slots=True)

@@ -9,9 +9,10 @@ instead of being written into the SDK's globals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .client import (
@@ -148,7 +149,11 @@ class RerankMethods:
         """
         del fields
         limit = self.topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
+        if _document_count(query_results) > _PREPARE_IN_THREAD:
+            # Reading, cleaning and trimming thousands of texts is CPU work: off the loop.
+            collected = await asyncio.to_thread(self.prepare, query_results)
+        else:
+            collected = self.prepare(query_results)
         if not collected.candidates:
             return nothing_to_score(collected, self.rerank_field)
         try:
@@ -156,6 +161,19 @@ class RerankMethods:
         except DashScopeError as exc:
             return _fall_back(self, exc, collected, limit)
         return assemble(collected.candidates, result.scores, limit)
+
+
+#: Above this many documents, ``arerank`` prepares them in a worker thread.
+_PREPARE_IN_THREAD = 200
+
+
+def _document_count(query_results: Any) -> int:
+    """How many documents the input holds, without reading them (0 if it is odd)."""
+    lists = query_results.values() if isinstance(query_results, Mapping) else query_results
+    try:
+        return sum(len(docs) for docs in lists if docs is not None)
+    except TypeError:
+        return 0  # not a list of lists: prepare() raises the clear error
 
 
 def _fall_back(
