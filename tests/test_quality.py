@@ -82,3 +82,21 @@ def test_docstring_examples_run(
     )
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_star_import_works_without_redis() -> None:
+    """`from rerank_cache import *` needs no optional dependency."""
+    code = (
+        "import sys; sys.modules['redis'] = None; sys.modules['zvec'] = None\n"
+        "from rerank_cache import *\n"
+        "import rerank_cache\n"
+        "try:\n"
+        "    rerank_cache.RedisScoreCache\n"
+        "except ImportError as exc:\n"
+        "    print('hint:', 'rerank-cache[redis]' in str(exc))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "hint: True"

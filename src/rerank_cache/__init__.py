@@ -34,7 +34,7 @@ from .store import CacheStats, ModelStats, ScoreCache, default_cache_dir, read_s
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 
 if TYPE_CHECKING:
-    from .redis_store import RedisScoreCache
+    from .redis_store import RedisScoreCache as RedisScoreCache
 
 __version__ = "0.1.0"
 
@@ -61,7 +61,6 @@ __all__ = [
     "QwenReRanker",
     "RateLimitError",
     "RateLimiter",
-    "RedisScoreCache",
     "RequestTimeoutError",
     "RerankCacheError",
     "RetryPolicy",
@@ -85,7 +84,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # RedisScoreCache needs the optional redis-py: imported on first use, so that
-    # `import rerank_cache` works without it (the error then says what to install).
+    # `import rerank_cache` works without it (the error then says what to install). It is
+    # left out of __all__ so `from rerank_cache import *` works without it too.
     if name == "RedisScoreCache":
         from .redis_store import RedisScoreCache
 
