@@ -580,3 +580,19 @@ def test_whitespace_and_control_heavy_documents_stay_within_limits(
     out = make_reranker().rerank([spaces + junk], 100)
     assert len(out) == 100
     assert all(req.status == 200 for req in server.requests_log)
+
+
+def test_max_rpm_waits_and_respects_the_deadline(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer, sleeps: SleepRecorder
+) -> None:
+    """max_rpm spaces requests (waits go through the retry policy's sleep) and a wait that
+    would pass the deadline is refused instead of taken."""
+    from rerank_cache import RateLimiter
+
+    limiter = RateLimiter(60)
+    r = make_reranker(max_rpm=limiter, retry=RetryPolicy(sleep=sleeps, deadline=0.5))
+    r.rerank([make_docs(2)])
+    assert sleeps.waits == [0.0]
+    with pytest.raises(RequestTimeoutError, match="max_rpm"):
+        r.rerank([make_docs(2, seed=1)])
+    assert server.stats.requests == 1

@@ -451,7 +451,7 @@ class DashScopeClient:
             timeout = self._attempt_timeout(attempt, deadline)
             try:
                 if self.rate_limiter is not None:
-                    self.rate_limiter.acquire()
+                    self.retry.sleep(self._rate_limit_wait(deadline))
                 try:
                     response = TextReRank.call(
                         **self._call_kwargs(query, texts, timeout),
@@ -479,7 +479,7 @@ class DashScopeClient:
             timeout = self._attempt_timeout(attempt, deadline)
             try:
                 if self.rate_limiter is not None:
-                    await self.rate_limiter.acquire_async()
+                    await self.retry.async_sleep(self._rate_limit_wait(deadline))
                 try:
                     response = await AioTextReRank.call(**self._call_kwargs(query, texts, timeout))
                 except Exception as exc:
@@ -506,6 +506,20 @@ class DashScopeClient:
                 "RetryPolicy.deadline or try again later."
             )
         return min(self.timeout, remaining)
+
+    def _rate_limit_wait(self, deadline: float | None) -> float:
+        """Take a ``max_rpm`` slot; return the wait before it, or raise if the wait would
+        end past the overall deadline."""
+        assert self.rate_limiter is not None
+        wait = self.rate_limiter.reserve()
+        if deadline is not None and wait > 0 and self.retry.clock() + wait > deadline:
+            self._count_failure()
+            raise RequestTimeoutError(
+                f"max_rpm={self.rate_limiter.per_minute:g} would start this request "
+                f"{wait:.1f} s from now, past the deadline of {self.retry.deadline:g} s. "
+                "Raise max_rpm or RetryPolicy.deadline."
+            )
+        return max(wait, 0.0)
 
     def _retry_wait(
         self, retryable: _RetryableError, attempt: int, deadline: float | None
