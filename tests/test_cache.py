@@ -22,6 +22,7 @@ from rerank_cache import (
     APIError,
     CacheDirectoryError,
     CachedReRanker,
+    CacheError,
     CorruptCacheError,
     Doc,
     QwenReRanker,
@@ -765,3 +766,31 @@ def test_all_hits_never_wait_for_a_lock(
         assert store.stats().hits == 15  # counted in memory meanwhile
         store.flush_stats()
         assert read_stats(d).hits == 15
+
+
+def test_opening_a_locked_cache_honours_timeout(tmp_path: Path) -> None:
+    """Opening while another process holds the write lock gives up after `timeout` (at least
+    2 s) with a clear error, not after diskcache's fixed 60 s, and leaves the files alone."""
+    d = tmp_path / "held"
+    ScoreCache(d).close()
+    blocker = sqlite3.connect(d / "cache.db", timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    result: list[BaseException | None] = []
+
+    def open_it() -> None:
+        try:
+            ScoreCache(d, timeout=0.2).close()
+            result.append(None)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            result.append(exc)
+
+    worker = threading.Thread(target=open_it)
+    worker.start()
+    worker.join(timeout=30)  # a hang guard: diskcache alone would wait 60 s
+    blocker.rollback()
+    blocker.close()
+    worker.join(timeout=90)
+    assert len(result) == 1
+    assert isinstance(result[0], CacheError)
+    assert "locked" in str(result[0])
+    assert not list(d.glob("cache.db.corrupt-*"))

@@ -80,6 +80,8 @@ _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real
 _CHUNK = 500
 
 _TTL_UNSET: Any = object()
+#: Opening waits at least this long for other processes' writes (see _wait_for_writers).
+_MIN_OPEN_WAIT = 2.0
 
 
 def default_cache_dir() -> Path:
@@ -443,7 +445,8 @@ class ScoreCache:
         ttl: how long a score stays valid: seconds, a ``timedelta``, or None for never.
             Default :data:`DEFAULT_TTL` (30 days).
         size_limit: bytes on disk before the oldest scores are culled (default 1 GiB).
-        timeout: seconds a write waits for another process's lock before it is skipped.
+        timeout: seconds a write waits for another process's lock before it is skipped
+            (opening waits at least 2 s, then raises :class:`CacheError`).
         stats_flush_interval: seconds between flushes of the hit/miss counters (they are
             also flushed with every write and on close).
         recover: when the cache file is damaged, move it aside and start empty (True) or
@@ -474,6 +477,7 @@ class ScoreCache:
         )
         self._size_limit = size_limit
         self._timeout = timeout
+        self._open_timeout = max(timeout, _MIN_OPEN_WAIT)
         self._pending = PendingCounters(stats_flush_interval)
         #: Keys being fetched right now by threads of this process (see SingleFlight).
         self.flights = SingleFlight()
@@ -515,7 +519,7 @@ class ScoreCache:
         except diskcache.Timeout:
             raise CacheError(
                 f"the cache in {self._directory} stayed locked by another process for "
-                f"{self._timeout:g} s; try again, or raise ScoreCache(timeout=...)"
+                f"{self._open_timeout:g} s; try again, or raise ScoreCache(timeout=...)"
             ) from None
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
@@ -534,7 +538,30 @@ class ScoreCache:
             )
             return self._open_once()
 
+    def _wait_for_writers(self) -> None:
+        """Wait at most ``timeout`` for another process's write to end.
+
+        diskcache's own set-up retries a locked database for a fixed 60 s; taking (and at
+        once releasing) the write lock first bounds opening by ``timeout`` instead (at least
+        a couple of seconds: other writers' transactions are short, and opening under
+        contention should succeed, not fail open).
+        """
+        db = self._directory / "cache.db"
+        if not db.exists():
+            return
+        con = sqlite3.connect(db, timeout=self._open_timeout, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise diskcache.Timeout from None
+            raise
+        finally:
+            con.close()
+
     def _open_once(self) -> diskcache.Cache:
+        self._wait_for_writers()
         cache = diskcache.Cache(
             str(self._directory),
             timeout=self._timeout,
