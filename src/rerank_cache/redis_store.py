@@ -77,6 +77,7 @@ from .store import (
     CheckReport,
     ModelStats,
     _ttl_seconds,
+    finite_scores,
 )
 
 __all__ = ["DEFAULT_NAMESPACE", "REDIS_SCHEMES", "RedisScoreCache", "parse_score", "redact_url"]
@@ -442,11 +443,7 @@ class RedisScoreCache:
         Only finite floats are stored. Scores whose key was already live count as
         duplicate sends (another process fetched the same pair meanwhile).
         """
-        clean = {
-            k: float(v)
-            for k, v in scores.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
+        clean = finite_scores(scores)
         usage = Counter(
             api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
         )

@@ -84,6 +84,15 @@ _TTL_UNSET: Any = object()
 _MIN_OPEN_WAIT = 2.0
 
 
+def finite_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """The scores worth storing: finite numbers (not bools), as floats. Pure."""
+    return {
+        key: float(value)
+        for key, value in scores.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
 def default_cache_dir() -> Path:
     """Return the default cache directory.
 
@@ -657,11 +666,7 @@ class ScoreCache:
         Only finite floats are stored. Scores whose key is already live count as duplicate
         sends (another process fetched the same pair meanwhile).
         """
-        clean = {
-            k: float(v)
-            for k, v in scores.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
+        clean = finite_scores(scores)
         usage = Counter(
             api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
         )
