@@ -19,6 +19,7 @@ finds those pairs cached.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -274,7 +275,7 @@ def warm(
             tokens=result.total_tokens,
         )
 
-    totals = _Totals(time.monotonic())
+    totals = _Totals()
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="rerank-cache-warm")
     running: set[Future[LineWarmed]] = set()
     try:
@@ -284,7 +285,7 @@ def warm(
                 if not skip_invalid:
                     stop = request_or_skip
                     break
-                totals.lines_skipped += 1
+                totals.bump(lines_skipped=1)
                 yield LineSkipped(request_or_skip.line, request_or_skip.problem)
                 continue
             request = request_or_skip
@@ -305,39 +306,30 @@ def warm(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass
 class _Totals:
-    started: float
-    lines_read: int = 0
-    lines_skipped: int = 0
-    pairs_seen: int = 0
-    already_cached: int = 0
-    scored: int = 0
-    api_requests: int = 0
-    tokens_billed: int = 0
-    documents_without_text: int = 0
+    """The running totals of a warming run (a :class:`WarmSummary` being filled in)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.so_far = WarmSummary()
+
+    def bump(self, **deltas: int) -> None:
+        self.so_far = dataclasses.replace(
+            self.so_far, **{name: getattr(self.so_far, name) + n for name, n in deltas.items()}
+        )
 
     def add(self, event: LineWarmed) -> LineWarmed:
-        self.pairs_seen += event.pairs
-        self.already_cached += event.cached
-        self.scored += event.scored
-        self.api_requests += event.requests
-        self.tokens_billed += event.tokens
+        self.bump(
+            pairs_seen=event.pairs,
+            already_cached=event.cached,
+            scored=event.scored,
+            api_requests=event.requests,
+            tokens_billed=event.tokens,
+        )
         return event
 
     def summary(self, **extra: Any) -> WarmSummary:
-        return WarmSummary(
-            lines_read=self.lines_read,
-            lines_skipped=self.lines_skipped,
-            pairs_seen=self.pairs_seen,
-            already_cached=self.already_cached,
-            scored=self.scored,
-            api_requests=self.api_requests,
-            tokens_billed=self.tokens_billed,
-            documents_without_text=self.documents_without_text,
-            elapsed=time.monotonic() - self.started,
-            **extra,
-        )
+        return dataclasses.replace(self.so_far, elapsed=time.monotonic() - self.started, **extra)
 
 
 def _requests(
@@ -348,14 +340,14 @@ def _requests(
     totals: _Totals,
 ) -> Iterator[WarmRequest | InvalidLineError]:
     for number, raw in enumerate(source, start=1):
-        totals.lines_read = number
+        totals.so_far = dataclasses.replace(totals.so_far, lines_read=number)
         try:
             request = parse_line(raw, number, field=field, model=model, instruct=instruct)
         except InvalidLineError as exc:
             yield exc
             continue
         if request is not None:
-            totals.documents_without_text += request.without_text
+            totals.bump(documents_without_text=request.without_text)
             yield request
 
 
@@ -377,7 +369,7 @@ def _dry_run(
     field: str,
     skip_invalid: bool,
 ) -> Iterator[WarmEvent]:
-    totals = _Totals(time.monotonic())
+    totals = _Totals()
     # Pairs this run would already have sent: a later line repeating one would hit.
     would_send: set[str] = set()
     tokens_by_model: dict[str, int] = {}
@@ -385,7 +377,7 @@ def _dry_run(
         if isinstance(item, InvalidLineError):
             if not skip_invalid:
                 raise item
-            totals.lines_skipped += 1
+            totals.bump(lines_skipped=1)
             yield LineSkipped(item.line, item.problem)
             continue
         builder = KeyBuilder(item.model, item.instruct, item.query)
