@@ -262,6 +262,10 @@ class DashScopeClient:
         self._totals = UsageTotals()
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
         self._async_ready = False
+        # The SDK takes a few tenths of a second to import: pay it when a reranker is built
+        # (start-up), not on its first request. Modules that never build one (the CLI's
+        # stats, clear, check) never import it.
+        import dashscope  # noqa: F401
 
     def __repr__(self) -> str:
         return (
