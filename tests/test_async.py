@@ -236,3 +236,18 @@ async def test_async_fallback(
     out = await r.arerank([docs], 3)
     assert [d.id for d in out] == [d.id for d in docs[:3]]
     assert cache.stats().fallbacks == 1
+
+
+async def test_tasks_share_the_owners_failure(
+    make_async: Callable[..., QwenReRanker], cache: ScoreCache, server: DashScopeServer
+) -> None:
+    """Tasks waiting on pairs whose fetch failed get that error, not a retry cycle each."""
+    server.latency = 0.3
+    server.fail_next(503, times=100)
+    r = CachedReRanker(
+        make_async(retry=RetryPolicy(async_sleep=AsyncSleeps(), max_attempts=2)), cache
+    )
+    docs = make_docs(5)
+    outcomes = await asyncio.gather(*(r.arerank([docs]) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
+    assert server.stats.requests == 2  # one owner, two attempts

@@ -30,6 +30,8 @@ from rerank_cache import (
     ScoreCache,
     score_key,
 )
+from rerank_cache.client import BatchResult
+from rerank_cache.keys import KeyBuilder
 from rerank_cache.planning import plan_batches
 from rerank_cache.store import read_stats
 from rerank_cache.testing import DashScopeServer, score
@@ -573,14 +575,18 @@ def test_each_request_is_stored_as_it_completes(
     assert len(groups) == 3
     slow_text = plan.texts[groups[0][0]]
     server.delay_next(1.0, match=slow_text)
-    answered_at_store: list[int] = []
+    kb = KeyBuilder(r.model, None, r.query)
+    seen: list[tuple[int, int, int]] = []  # (requests answered, batch size, batch in store)
 
-    def on_batch(batch: object) -> None:
-        answered_at_store.append(len(server.requests_log))
+    def on_batch(batch: BatchResult) -> None:
+        stored = cache.get_many([kb.key(t) for t in batch.texts])
+        seen.append((len(server.requests_log), len(batch.texts), len(stored)))
 
-    r.score_texts(plan.texts, on_batch=on_batch)  # type: ignore[arg-type]
-    assert len(answered_at_store) == 3
-    assert answered_at_store[0] < 3  # stored while the slow request was still in flight
+    r.score_texts(plan.texts, on_batch=on_batch)
+    assert len(seen) == 3
+    answered, size, in_store = seen[0]
+    assert answered < 3  # the slow request was still in flight ...
+    assert in_store == size  # ... and the first batch was already in the store
 
 
 def test_damage_inside_the_file_fails_open_and_check_fix_repairs(
@@ -794,3 +800,53 @@ def test_opening_a_locked_cache_honours_timeout(tmp_path: Path) -> None:
     assert isinstance(result[0], CacheError)
     assert "locked" in str(result[0])
     assert not list(d.glob("cache.db.corrupt-*"))
+
+
+def test_eviction_never_deletes_a_file_a_row_names(tmp_path: Path) -> None:
+    """A planted row naming a file, evicted when the store outgrows size_limit, leaves the
+    file alone (diskcache's own Disk would delete it)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    d = tmp_path / "evicting"
+    with ScoreCache(d, size_limit=200_000) as store:
+        _plant(store.directory, "1:m:" + "b" * 32, mode=2, value=None, filename=str(victim))
+        for b in range(10):
+            store.put_many(
+                {score_key("m", None, f"q{b}", f"doc {i}"): 0.5 for i in range(500)}, model="m"
+            )
+        assert store.get_many(["1:m:" + "b" * 32]) == {}
+        store.check(fix=True)
+        store.clear()
+    assert victim.read_text() == "precious"
+
+
+def test_safe_disk_refuses_everything_but_inline_floats(tmp_path: Path) -> None:
+    """Through diskcache's own API too: pickles and file rows read as misses, never run;
+    nothing but finite floats can be stored; no file is ever removed."""
+    import diskcache
+
+    from rerank_cache.safedisk import SafeDisk, UnsafeRowError
+
+    marker = tmp_path / "pwned"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    d = tmp_path / "raw"
+    ScoreCache(d).close()
+    _plant(d, "pickled", mode=4, value=pickle.dumps(_Boom(str(marker))))
+    _plant(d, "file", mode=2, value=None, filename=str(victim))
+    with diskcache.Cache(str(d), disk=SafeDisk) as raw:
+        assert raw.get("pickled") is None
+        assert raw.get("file") is None
+        raw.set("ok", 0.25)
+        assert raw.get("ok") == 0.25
+        for bad in ("text", b"bytes", float("nan"), 1):
+            with pytest.raises(TypeError):
+                raw.set("bad", bad)
+        disk = SafeDisk(str(d))
+        with pytest.raises(UnsafeRowError):
+            disk.fetch(4, None, pickle.dumps(1), False)
+        with pytest.raises(UnsafeRowError):
+            disk.get(b"k", False)
+        disk.remove(str(victim))
+    assert not marker.exists()
+    assert victim.read_text() == "precious"

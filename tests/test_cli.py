@@ -266,16 +266,26 @@ def test_clear_asks_for_confirmation(env: Path, tmp_path: Path) -> None:
         assert cache.stats().entries == 16
 
 
-def test_clear_expired_only(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """clear --expired keeps live scores."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(2)) + "\n")
-    assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
-    capsys.readouterr()
-    assert main(["--cache-dir", str(env), "clear", "--expired", "--yes"]) == 0
-    assert "nothing to clear" in capsys.readouterr().out
-    with ScoreCache(env) as cache:
-        assert cache.stats().entries == 16
+def test_clear_expired_only(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """clear --expired deletes expired scores and keeps live ones."""
+    from freezegun import freeze_time
+
+    from rerank_cache import score_key
+
+    with freeze_time("2026-01-01") as clock:
+        with ScoreCache(env, ttl=60) as short, ScoreCache(env, ttl=None) as forever:
+            short.put_many(
+                {score_key("m", None, "q", f"old {i}"): 0.5 for i in range(3)}, model="m"
+            )
+            forever.put_many(
+                {score_key("m", None, "q", f"kept {i}"): 0.5 for i in range(2)}, model="m"
+            )
+        clock.tick(120)
+        assert main(["--cache-dir", str(env), "clear", "--expired", "--yes"]) == 0
+        assert "deleted 3 expired scores" in capsys.readouterr().out
+        with ScoreCache(env) as cache:
+            stats = cache.stats()
+    assert (stats.entries, stats.expired_entries) == (2, 0)
 
 
 def test_check_reports_and_fixes_tampered_rows(
