@@ -73,10 +73,11 @@ from .store import (
     _COUNTER_NAMES,
     _TTL_UNSET,
     DEFAULT_TTL,
+    REDIS_SCHEMES,
     CacheStats,
     CheckReport,
-    ModelStats,
     _ttl_seconds,
+    build_stats,
     finite_scores,
 )
 
@@ -87,7 +88,6 @@ logger = logging.getLogger("rerank_cache")
 #: The namespace (key prefix) used when none is given.
 DEFAULT_NAMESPACE = "rerank-cache"
 #: URL schemes that name a Redis server.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _SECRET_PARAM = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
@@ -815,40 +815,20 @@ def _build_stats(
     oldest: int | None,
     newest: int | None,
 ) -> CacheStats:
-    models: dict[str, ModelStats] = {}
-    for model in sorted((set(counters) | set(entries)) - {""}):  # "": store errors
-        c = counters.get(model, Counter())
-        models[model] = ModelStats(
-            entries=max(0, entries.get(model, 0)),
-            **{name: c[name] for name in ModelStats.model_fields if name != "entries"},
-        )
-    total: Counter[str] = Counter()
-    for c in counters.values():
-        total.update(c)
-    looked_up = total["hits"] + total["misses"]
-
     def when(ms: int | None) -> datetime | None:
         if ms is None:
             return None
         return datetime.fromtimestamp(min(ms, now_ms) / 1000, tz=timezone.utc)
 
-    return CacheStats(
-        directory=location,
-        entries=sum(m.entries for m in models.values()),
-        expired_entries=0,
-        size_bytes=size,
-        hits=total["hits"],
-        misses=total["misses"],
-        hit_rate=total["hits"] / looked_up if looked_up else 0.0,
-        api_requests=total["api_requests"],
-        documents_sent=total["documents_sent"],
-        tokens_billed=total["tokens_billed"],
-        duplicate_sends=total["duplicate_sends"],
-        store_errors=total["store_errors"],
-        fallbacks=total["fallbacks"],
-        oldest_entry=when(oldest),
-        newest_entry=when(newest),
-        models=models,
+    # Redis deletes expired keys itself: nothing is ever expired-but-stored.
+    return build_stats(
+        location,
+        counters,
+        entries,
+        expired=0,
+        size=size,
+        oldest=when(oldest),
+        newest=when(newest),
     )
 
 

@@ -326,24 +326,49 @@ def _collect_stats(
     for name in ("cache.db", "cache.db-wal"):
         with contextlib.suppress(OSError):
             size += os.path.getsize(os.path.join(directory, name))
+    return build_stats(
+        directory,
+        counters,
+        entries_by_model,
+        expired=expired,
+        size=size,
+        oldest=_utc(oldest),
+        newest=_utc(newest),
+    )
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def build_stats(
+    location: str,
+    counters: Mapping[str, Counter[str]],
+    entries: Mapping[str, int],
+    *,
+    expired: int,
+    size: int,
+    oldest: datetime | None,
+    newest: datetime | None,
+) -> CacheStats:
+    """Assemble :class:`CacheStats` from per-model counters and entry counts (any store).
+
+    Counters filed under the model ``""`` (store errors) count in the totals only.
+    """
     models: dict[str, ModelStats] = {}
-    for model in sorted((set(counters) | set(entries_by_model)) - {""}):
+    for model in sorted((set(counters) | set(entries)) - {""}):
         c = counters.get(model, Counter())
         models[model] = ModelStats(
-            entries=entries_by_model.get(model, 0),
+            entries=max(0, entries.get(model, 0)),
             **{name: c[name] for name in ModelStats.model_fields if name != "entries"},
         )
     total: Counter[str] = Counter()
     for c in counters.values():
         total.update(c)
     looked_up = total["hits"] + total["misses"]
-
-    def when(t: float | None) -> datetime | None:
-        return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
-
     return CacheStats(
-        directory=directory,
-        entries=sum(entries_by_model.values()),
+        directory=location,
+        entries=sum(m.entries for m in models.values()),
         expired_entries=expired,
         size_bytes=size,
         hits=total["hits"],
@@ -355,8 +380,8 @@ def _collect_stats(
         duplicate_sends=total["duplicate_sends"],
         store_errors=total["store_errors"],
         fallbacks=total["fallbacks"],
-        oldest_entry=when(oldest),
-        newest_entry=when(newest),
+        oldest_entry=oldest,
+        newest_entry=newest,
         models=models,
     )
 
