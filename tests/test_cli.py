@@ -17,21 +17,9 @@ from rerank_cache.cli import main
 from rerank_cache.testing import DashScopeServer
 
 from .conftest import API_KEY
+from .test_reranker import WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = [
-    "vector",
-    "database",
-    "cache",
-    "rerank",
-    "query",
-    "token",
-    "search",
-    "index",
-    "garden",
-    "tomato",
-    "bicycle",
-]
 
 
 def log_lines(n: int, *, docs: int = 8, model: str | None = None) -> list[str]:

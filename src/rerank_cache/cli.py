@@ -415,7 +415,6 @@ def _warm(args: argparse.Namespace, target: Target) -> int:
         try:
             for event in warm(
                 source,
-                # warm() uses only ScoreStore members; its annotation still says ScoreCache.
                 cache,
                 model=args.model,
                 instruct=args.instruct,

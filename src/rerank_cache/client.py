@@ -447,7 +447,7 @@ class DashScopeClient:
     # the rate limiter); every decision lives in the shared helpers after them.
 
     def _send(self, query: str, texts: tuple[str, ...], deadline: float | None) -> BatchResult:
-        from dashscope import TextReRank  # lazily: the SDK takes ~0.3-0.5 s to import
+        from dashscope import TextReRank  # imported when this client was built: a lookup
 
         attempt = 0
         while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -61,12 +60,6 @@ class RateLimiter:
         wait = self.reserve()
         if wait > 0:
             self._sleep(wait)
-
-    async def acquire_async(self) -> None:
-        """Wait, without blocking the event loop, until the next request may start."""
-        wait = self.reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def __repr__(self) -> str:
         return f"RateLimiter(per_minute={self.per_minute:g})"
