@@ -317,6 +317,8 @@ def run_console(path: Path, block: Block) -> None:
 def close_leftovers(namespace: dict[str, Any]) -> None:
     """Close caches and servers the examples left open, so nothing leaks into later tests."""
     for value in list(namespace.values()):
+        if isinstance(value, type):
+            continue  # a class the example imported, not an object it made
         if isinstance(value, CachedReRanker):
             value = value.cache
         if isinstance(value, ScoreStore):

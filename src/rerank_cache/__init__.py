@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .base import Scorer
 from .cached import CachedReRanker
 from .client import BatchResult, RetryPolicy, ScoreResult, UsageTotals, close_async_sessions
 from .doc import Doc, DocLike
@@ -27,7 +28,7 @@ from .errors import (
 )
 from .keys import score_key
 from .planning import ModelLimits, estimate_tokens, limits_for
-from .protocols import Scorer, ScoreStore
+from .protocols import ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
 from .store import CacheStats, ModelStats, ScoreCache, default_cache_dir, read_stats

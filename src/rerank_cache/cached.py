@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .client import BatchResult, ScoreResult
+from .base import OnError, RerankMethods, Scorer, check_on_error
+from .client import BatchResult, ScoreResult  # MERGE: .client.results
 from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
-from .protocols import Scorer, ScoreStore
-from .reranker import OnError, RerankMethods, check_on_error
-from .singleflight import Flight
+from .protocols import ScoreStore  # MERGE: .stores.base
+from .singleflight import Flight, SingleFlight
 
 __all__ = ["CachedReRanker"]
 
@@ -56,6 +58,7 @@ class CachedReRanker(RerankMethods):
         self._on_error = check_on_error(
             getattr(reranker, "on_error", "raise") if on_error is None else on_error
         )
+        self._flights = _flights_for(cache)
 
     # -- the wrapped reranker's interface ------------------------------------------------
 
@@ -159,7 +162,7 @@ class CachedReRanker(RerankMethods):
         model = self._reranker.model
         builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
         key_of = {text: builder.key(text) for text in texts}
-        found = await asyncio.to_thread(cache.get_many, list(key_of.values()))
+        found = await asyncio.to_thread(cache.get_many, key_of.values())
         scores, pending = _split(key_of, found)
         await asyncio.to_thread(cache.record_lookup, model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
@@ -176,7 +179,7 @@ class CachedReRanker(RerankMethods):
         on_batch: Callable[[BatchResult], Awaitable[None]] | None,
     ) -> None:
         """The asyncio twin of :meth:`_fetch`."""
-        cache = self._cache
+        cache, flights = self._cache, self._flights
 
         async def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -186,7 +189,7 @@ class CachedReRanker(RerankMethods):
                 await on_batch(batch)
 
         while pending:
-            with cache.flights.claim(list(pending)) as (mine, theirs):
+            with flights.claim(list(pending)) as (mine, theirs):
                 if mine:
                     late = await asyncio.to_thread(cache.get_many, mine)
                     self._take_late(late, pending, scores)
@@ -199,7 +202,7 @@ class CachedReRanker(RerankMethods):
                     for key in mine:
                         pending.pop(key, None)
             for key, flight in theirs.items():
-                await flight.wait_async()
+                await flight.ajoin()
                 self._take_landed(key, flight, pending, scores)
 
     def _fetch(
@@ -211,7 +214,7 @@ class CachedReRanker(RerankMethods):
         on_batch: Callable[[BatchResult], None] | None,
     ) -> None:
         """Fill ``scores`` for ``pending`` (key -> text), sending each miss once."""
-        cache = self._cache
+        cache, flights = self._cache, self._flights
 
         def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -221,7 +224,7 @@ class CachedReRanker(RerankMethods):
                 on_batch(batch)
 
         while pending:
-            with cache.flights.claim(list(pending)) as (mine, theirs):
+            with flights.claim(list(pending)) as (mine, theirs):
                 if mine:
                     # Another thread may have stored some of these since our first read.
                     late = cache.get_many(mine)
@@ -235,7 +238,7 @@ class CachedReRanker(RerankMethods):
                     for key in mine:
                         pending.pop(key, None)
             for key, flight in theirs.items():
-                flight.wait()
+                flight.join()
                 self._take_landed(key, flight, pending, scores)
             # Keys whose owner was cancelled stay pending: this thread claims them next round.
 
@@ -261,7 +264,7 @@ class CachedReRanker(RerankMethods):
         scores: dict[str, float],
         sent: list[BatchResult],
     ) -> None:
-        self._cache.flights.publish(fresh)
+        self._flights.publish(fresh)
         scores.update(zip(batch.texts, batch.scores, strict=True))
         sent.append(batch)
 
@@ -288,7 +291,7 @@ class CachedReRanker(RerankMethods):
         """Store and hand out scores that came without a request (no usage to count)."""
         fresh = {key_of[t]: s for t, s in unsent.items()}
         self._cache.put_many(fresh, model=self._reranker.model)
-        self._cache.flights.publish(fresh)
+        self._flights.publish(fresh)
         scores.update(unsent)
 
     @staticmethod
@@ -310,6 +313,24 @@ class CachedReRanker(RerankMethods):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+#: One single flight per store object, shared by every CachedReRanker on it (a service
+#: typically builds one reranker per query), and gone with the store. In-process state of the
+#: caching layer, so it lives here and not in the store.
+_FLIGHTS: weakref.WeakKeyDictionary[ScoreStore, SingleFlight] = weakref.WeakKeyDictionary()
+_FLIGHTS_LOCK = threading.Lock()
+
+
+def _flights_for(cache: ScoreStore) -> SingleFlight:
+    with _FLIGHTS_LOCK:
+        try:
+            flights = _FLIGHTS.get(cache)
+            if flights is None:
+                flights = _FLIGHTS[cache] = SingleFlight()
+        except TypeError:  # a store that cannot be weakly referenced: this reranker's own
+            flights = SingleFlight()
+        return flights
 
 
 def _split(

@@ -9,12 +9,12 @@ instead of being written into the SDK's globals.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from .base import DEFAULT_MODEL, OnError, RerankMethods, check_on_error, check_query, check_topn
+from .cached import CachedReRanker
 from .client import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
@@ -24,172 +24,12 @@ from .client import (
     ScoreResult,
     UsageTotals,
 )
-from .errors import ConfigurationError, DashScopeError, NoDocumentsError
-from .planning import MODEL_LIMITS, Collected, ModelLimits, assemble, collect, limits_for
+from .errors import ConfigurationError
+from .planning import MODEL_LIMITS, Collected, ModelLimits, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .cached import CachedReRanker
     from .protocols import ScoreStore
-
-logger = logging.getLogger("rerank_cache")
-
-#: What a reranker does when DashScope fails after retries.
-OnError = Literal["raise", "fallback"]
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "OnError",
-    "QwenReRanker",
-    "RerankMethods",
-    "check_on_error",
-    "check_topn",
-    "nothing_to_score",
-]
-
-#: The model zvec and the SDK default to.
-DEFAULT_MODEL = "gte-rerank-v2"
-
-
-def check_topn(topn: Any) -> int:
-    """Return ``topn`` if it is a positive int, else raise :class:`ConfigurationError`."""
-    if isinstance(topn, bool) or not isinstance(topn, int):
-        raise ConfigurationError(f"topn must be a positive integer, not {topn!r}")
-    if topn < 1:
-        raise ConfigurationError(f"topn must be at least 1, got {topn}")
-    return topn
-
-
-def _check_query(query: Any) -> str:
-    if query is None or not isinstance(query, str) or not query.strip():
-        raise ConfigurationError("Query is required for QwenReRanker: a non-empty string")
-    try:
-        query.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigurationError(
-            "The query contains characters UTF-8 cannot encode (lone surrogates)"
-        ) from None
-    return query
-
-
-class _Host(Protocol):
-    """What :class:`RerankMethods` needs from the class it is mixed into."""
-
-    @property
-    def topn(self) -> int: ...
-
-    @property
-    def rerank_field(self) -> str: ...
-
-    @property
-    def on_error(self) -> OnError: ...
-
-    def prepare(self, query_results: Any) -> Collected[Any]: ...
-
-    def score_texts(self, texts: Sequence[str]) -> ScoreResult: ...
-
-    async def ascore_texts(self, texts: Sequence[str]) -> ScoreResult: ...
-
-    def _count_fallback(self) -> None: ...
-
-
-class RerankMethods:
-    """``rerank()`` and ``arerank()``, written once on top of ``prepare()`` and
-    ``score_texts()``; shared by :class:`QwenReRanker` and :class:`CachedReRanker`."""
-
-    def rerank(
-        self: _Host,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """Rerank documents by their relevance to the query.
-
-        Args:
-            query_results: ``dict[str, list[Doc]]`` (older zvec) or ``list[list[Doc]]``
-                (zvec 0.8.0); zvec ``Doc`` or :class:`rerank_cache.Doc`.
-            topn: how many documents to return; defaults to the reranker's ``topn``.
-            fields: accepted for zvec 0.8.0 compatibility and ignored.
-
-        Returns:
-            Up to ``topn`` documents of the caller's own type, best first (ties keep input
-            order), each with ``score`` set to DashScope's relevance score. An empty input
-            gives ``[]``.
-
-        Raises:
-            NoDocumentsError: (a ``ValueError``, as zvec raises) documents were given but
-                none has text in the rerank field.
-            ValueError: ``topn`` is not a positive integer.
-            DashScopeError: DashScope failed after retries (unless ``on_error="fallback"``,
-                which returns the documents in retrieval order instead).
-        """
-        del fields
-        limit = self.topn if topn is None else check_topn(topn)
-        collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self.rerank_field)
-        try:
-            result = self.score_texts(collected.texts)
-        except DashScopeError as exc:
-            return _fall_back(self, exc, collected, limit)
-        return assemble(collected.candidates, result.scores, limit)
-
-    async def arerank(
-        self: _Host,
-        query_results: Any,
-        topn: int | None = None,
-        *,
-        fields: Any = None,
-    ) -> list[Any]:
-        """The asyncio twin of :meth:`rerank`: same inputs, results and errors.
-
-        Requests go through ``dashscope.AioTextReRank`` with the same batching, concurrency
-        and retries; the event loop is never blocked.
-        """
-        del fields
-        limit = self.topn if topn is None else check_topn(topn)
-        if _document_count(query_results) > _PREPARE_IN_THREAD:
-            # Reading, cleaning and trimming thousands of texts is CPU work: off the loop.
-            collected = await asyncio.to_thread(self.prepare, query_results)
-        else:
-            collected = self.prepare(query_results)
-        if not collected.candidates:
-            return nothing_to_score(collected, self.rerank_field)
-        try:
-            result = await self.ascore_texts(collected.texts)
-        except DashScopeError as exc:
-            return _fall_back(self, exc, collected, limit)
-        return assemble(collected.candidates, result.scores, limit)
-
-
-#: Above this many documents, ``arerank`` prepares them in a worker thread.
-_PREPARE_IN_THREAD = 200
-
-
-def _document_count(query_results: Any) -> int:
-    """How many documents the input holds, without reading them (0 if it is odd)."""
-    lists = query_results.values() if isinstance(query_results, Mapping) else query_results
-    try:
-        return sum(len(docs) for docs in lists if docs is not None)
-    except TypeError:
-        return 0  # not a list of lists: prepare() raises the clear error
-
-
-def _fall_back(
-    host: _Host, exc: DashScopeError, collected: Collected[Any], limit: int
-) -> list[Any]:
-    """With ``on_error="fallback"``: retrieval order, original scores, logged and counted."""
-    if host.on_error != "fallback":
-        raise exc
-    logger.warning(
-        "rerank-cache: DashScope failed (%s); returning %d documents in retrieval order "
-        "with their original scores (on_error='fallback')",
-        exc,
-        min(limit, len(collected.candidates)),
-    )
-    host._count_fallback()
-    return [candidate.doc for candidate in collected.candidates[:limit]]
 
 
 class QwenReRanker(RerankMethods):
@@ -261,7 +101,7 @@ class QwenReRanker(RerankMethods):
             if rerank_field is not None and model != DEFAULT_MODEL and api_key is None:
                 api_key = model
             topn, rerank_field, model = 10, topn, shifted_model
-        self._query = _check_query(query)
+        self._query = check_query(query)
         self._topn = check_topn(topn)
         self._on_error = check_on_error(on_error)
         if rerank_field is None or not isinstance(rerank_field, str) or not rerank_field:
@@ -299,7 +139,7 @@ class QwenReRanker(RerankMethods):
     ) -> QwenReRanker:
         new = cls.__new__(cls)
         new._on_error = on_error
-        new._query = _check_query(query)
+        new._query = check_query(query)
         new._topn = check_topn(topn)
         new._rerank_field = rerank_field
         new._client = client
@@ -372,8 +212,7 @@ class QwenReRanker(RerankMethods):
                 URL or a directory), else a :class:`ScoreCache` in the default directory
                 (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
         """
-        from .cached import CachedReRanker
-        from .store import ScoreCache
+        from .store import ScoreCache  # MERGE: stores.open
 
         if cache is None:
             url = os.environ.get("RERANK_CACHE_URL", "").strip()
@@ -410,20 +249,3 @@ class QwenReRanker(RerankMethods):
 
     def _count_fallback(self) -> None:
         self._client.count_fallback()
-
-
-def check_on_error(on_error: Any) -> OnError:
-    """Return ``on_error`` if it is ``"raise"`` or ``"fallback"``, else raise."""
-    if on_error not in ("raise", "fallback"):
-        raise ConfigurationError(f"on_error must be 'raise' or 'fallback', not {on_error!r}")
-    return on_error  # type: ignore[no-any-return]
-
-
-def nothing_to_score(collected: Collected[Any], rerank_field: str) -> list[Any]:
-    """Empty input gives ``[]``; documents without any text raise, as zvec does."""
-    if collected.seen == 0:
-        return []
-    raise NoDocumentsError(
-        f"No documents to rerank: none of the {collected.seen} documents has text in "
-        f"field {rerank_field!r}"
-    )

@@ -46,7 +46,7 @@ class Flight:
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future)
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def join(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the flight lands; False on timeout."""
         with self._lock:
             if self.landed:
@@ -56,7 +56,7 @@ class Flight:
             event = self._event
         return event.wait(timeout)
 
-    async def wait_async(self) -> None:
+    async def ajoin(self) -> None:
         """Wait, without blocking the event loop, until the flight lands."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from .base import DEFAULT_MODEL
 from .cached import CachedReRanker
 from .client import RetryPolicy
 from .errors import ConfigurationError
@@ -35,7 +36,7 @@ from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
 from .protocols import ScoreStore
 from .ratelimit import RateLimiter
-from .reranker import DEFAULT_MODEL, QwenReRanker
+from .reranker import QwenReRanker
 
 __all__ = [
     "InvalidLineError",

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .base import check_topn
 from .errors import ConfigurationError
-from .reranker import check_topn
 
 __all__ = ["search"]
 
