@@ -1,0 +1,110 @@
+"""Row 3, the cold path: 2,000 uncached documents with 300 ms of server latency next to
+one request. The server runs in a child process (:class:`~benchmarks.common.ServerProcess`)
+so that its own CPU work does not hold the client's GIL, as the real, remote service would
+not.
+
+Alone, from the repository root: ``python scripts/bench.py --only cold [--quick]``
+or ``PYTHONPATH=scripts python -m benchmarks.cold [--quick]``.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+
+from benchmarks.common import (
+    DEFAULT_MAX_CONCURRENCY,
+    SEED,
+    Context,
+    Row,
+    ServerProcess,
+    assemble,
+    ms,
+    reranker_for,
+)
+from rerank_cache import ScoreCache
+
+
+def bench_cold(ctx: Context) -> list[Row]:
+    """2,000 uncached documents with 300 ms per request, next to one request."""
+    latency = 0.3
+    corpus = ctx.corpus
+    rng = random.Random(SEED + 3)
+    section = "3 cold path"
+    repeats = 3 if ctx.quick else 5
+    rows: list[Row] = []
+    with ServerProcess(latency) as server, ScoreCache(ctx.tmp / "cold") as cache:
+        base = reranker_for(server.base_url, cache)
+        singles = []
+        for attempt in range(repeats):
+            docs = corpus.docs(rng.sample(range(len(corpus.ids)), 10))
+            reranker = base.with_query(f"one small request number {attempt}")
+            started = time.perf_counter()
+            reranker.rerank([docs])
+            singles.append(time.perf_counter() - started)
+        one = statistics.median(singles)
+        rows.append(
+            Row(
+                section,
+                f"one request: 10 uncached docs through CachedReRanker (median of {repeats})",
+                "—",
+                ms(one),
+                None,
+                {"s": one},
+            )
+        )
+        n_docs = 2_000
+        docs = corpus.docs(rng.sample(range(len(corpus.ids)), n_docs))
+        results = [docs]
+
+        def cold(concurrency: int, tag: str) -> tuple[float, int, float, float, int]:
+            """rerank() spelled out, so each request's arrival can be timed (on_batch)."""
+            reranker = reranker_for(server.base_url, cache, max_concurrency=concurrency).with_query(
+                f"cold start of a new query {tag}"
+            )
+            stored: list[float] = []
+            before = server.stats
+            started = time.perf_counter()
+            collected = reranker.prepare(results)
+            scored = reranker.score_texts(
+                collected.texts, on_batch=lambda _: stored.append(time.perf_counter())
+            )
+            assemble(collected.candidates, scored.scores, 10)
+            wall = time.perf_counter() - started
+            after = server.stats
+            assert after.documents - before.documents == len(collected.texts)
+            requests = after.ok_requests - before.ok_requests
+            first, last = min(stored) - started, max(stored) - started
+            return wall, requests, first, last, len(collected.texts)
+
+        def row(concurrency: int, label: str, *, judged: bool = True) -> tuple[float, int]:
+            # Same-length queries: a query's token count changes how the texts are batched.
+            runs = sorted(cold(concurrency, f"{concurrency:03d}-{i:03d}") for i in range(repeats))
+            wall, requests, first, last, unique = runs[len(runs) // 2]  # the median run
+            ratio = wall / one
+            rows.append(
+                Row(
+                    section,
+                    f"{n_docs:,} uncached docs ({unique:,} unique texts, {requests} requests), "
+                    f"{label}, median of {repeats}",
+                    "<= 1.5x one request" if judged else "—",
+                    f"{ms(wall)} = {ratio:.2f}x (range {runs[0][0] / one:.2f}-"
+                    f"{runs[-1][0] / one:.2f}x; first request stored at {ms(first)}, "
+                    f"last at {ms(last)})",
+                    ratio <= 1.5 if judged else None,
+                    {"s": wall, "requests": requests, "concurrency": concurrency},
+                )
+            )
+            return ratio, requests
+
+        row(DEFAULT_MAX_CONCURRENCY, f"max_concurrency={DEFAULT_MAX_CONCURRENCY} (default)")
+        row(4, "max_concurrency=4 (for comparison: three waves)", judged=False)
+    return rows
+
+
+if __name__ == "__main__":
+    from benchmarks.run import main
+
+    sys.exit(main(["--only", "cold", *sys.argv[1:]]))

@@ -1,0 +1,176 @@
+"""Row 4, many processes: 4 processes reranking overlapping pairs on one cache directory;
+throughput, errors, and documents sent beyond the floor next to ``duplicate_sends``.
+
+Alone, from the repository root: ``python scripts/bench.py --only processes [--quick]``
+or ``PYTHONPATH=scripts python -m benchmarks.processes [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+
+from benchmarks.common import (
+    API_KEY,
+    SEED,
+    SUBPROCESS_TIMEOUT,
+    Context,
+    Row,
+    child_env,
+    local_server,
+)
+from benchmarks.workload import make_workload, request_texts
+from rerank_cache import ScoreCache, read_stats
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from rerank_cache import Doc, QwenReRanker, ScoreCache
+
+    spec = json.load(open(sys.argv[1]))
+    me = int(sys.argv[2])
+    texts = spec["texts"]
+    work = [
+        (query, [[Doc(str(i), fields={"content": texts[i]}) for i in route] for route in routes])
+        for query, routes in spec["requests"][me]
+    ]
+    cache = ScoreCache(spec["cache_dir"])
+    base = QwenReRanker(
+        "child", topn=10, rerank_field="content", api_key=spec["api_key"],
+        base_url=spec["base_url"], timeout=30.0,
+    ).cached(cache)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    errors = []
+    started = time.monotonic()
+    for query, results in work:
+        try:
+            base.with_query(query).rerank(results)
+        except Exception as exc:
+            errors.append(type(exc).__name__ + ": " + str(exc)[:200])
+    ended = time.monotonic()
+    cache.close()
+    print(json.dumps({"started": started, "ended": ended, "reranks": len(work),
+                      "errors": len(errors), "examples": errors[:3]}), flush=True)
+    """
+)
+
+
+def bench_processes(ctx: Context) -> list[Row]:
+    """4 processes x N reranks over overlapping pairs on one cache directory."""
+    n_procs = 4
+    per_proc = 100 if ctx.quick else 500
+    latency = 0.05
+    corpus = ctx.corpus
+    # A shared pool of requests (queries with pages and routes); each process draws its
+    # own seeded sequence from it, popular ones more often, so processes race for pairs.
+    pool = make_workload(corpus, 120, SEED + 4)
+    per: list[list[tuple[str, list[list[int]]]]] = []
+    pairs: set[tuple[str, str]] = set()
+    for p in range(n_procs):
+        rng = random.Random(SEED + 40 + p)
+        mine = []
+        for _ in range(per_proc):
+            request = pool[min(int(rng.expovariate(1 / 30)), len(pool) - 1)]
+            mine.append((request.query, [list(route) for route in request.routes]))
+            pairs.update((request.query, t) for t in request_texts(corpus, request))
+        per.append(mine)
+    section = "4 many processes"
+    cache_dir = ctx.tmp / "processes"
+    with local_server(latency=latency) as server:
+        spec_path = ctx.tmp / "processes.json"
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "texts": corpus.texts,
+                    "requests": per,
+                    "cache_dir": str(cache_dir),
+                    "api_key": API_KEY,
+                    "base_url": server.base_url,
+                }
+            )
+        )
+        ScoreCache(cache_dir).close()  # create it once, before the race
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(spec_path), str(p)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            for p in range(n_procs)
+        ]
+        outputs = []
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if line.strip() != "ready":
+                    _, err = proc.communicate(timeout=30)
+                    raise RuntimeError(f"child failed to start: {err[-2000:]}")
+            for proc in procs:  # start together
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for proc in procs:
+                out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"child exited {proc.returncode}: {err[-2000:]}")
+                outputs.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        sent = server.stats.documents
+        requests = server.stats.ok_requests
+    stats = read_stats(cache_dir)
+    wall = max(o["ended"] for o in outputs) - min(o["started"] for o in outputs)
+    reranks = sum(o["reranks"] for o in outputs)
+    errors = sum(o["errors"] for o in outputs)
+    examples = [e for o in outputs for e in o["examples"]]
+    extra = sent - len(pairs)
+    return [
+        Row(
+            section,
+            f"{n_procs} processes x {per_proc} reranks ({len(pairs):,} unique pairs, "
+            f"{requests} requests, server latency {latency * 1000:.0f} ms): throughput",
+            "—",
+            f"{reranks / wall:,.0f} reranks/s ({reranks:,} in {wall:.2f} s)",
+            None,
+            {"reranks_per_s": reranks / wall},
+        ),
+        Row(
+            section,
+            "errors",
+            "0",
+            f"{errors}" + (f" ({'; '.join(examples)})" if examples else ""),
+            errors == 0,
+        ),
+        Row(
+            section,
+            "documents sent beyond the floor (server documents - unique pairs)",
+            "allowed across processes, counted",
+            f"{extra:,} ({sent:,} sent, floor {len(pairs):,})",
+            None,
+            {"sent": sent, "floor": len(pairs)},
+        ),
+        Row(
+            section,
+            "cache.stats().duplicate_sends (must equal the row above)",
+            "= documents beyond the floor",
+            f"{stats.duplicate_sends:,}",
+            stats.duplicate_sends == extra,
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    from benchmarks.run import main
+
+    sys.exit(main(["--only", "processes", *sys.argv[1:]]))
