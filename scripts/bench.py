@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_cache import Doc, QwenReRanker, RetryPolicy, ScoreCache
-from rerank_cache.client import DEFAULT_MAX_CONCURRENCY
+from rerank_cache.client.core import DEFAULT_MAX_CONCURRENCY
 from rerank_cache.examples import load_corpus
 from rerank_cache.keys import KeyBuilder, doc_hash
 from rerank_cache.planning import assemble

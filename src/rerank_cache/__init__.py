@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .cached import CachedReRanker
-from .client import BatchResult, RetryPolicy, ScoreResult, UsageTotals, close_async_sessions
+from .client.results import BatchResult, ScoreResult, UsageTotals
+from .client.retry import RetryPolicy
+from .client.sdk import close_async_sessions
 from .doc import Doc, DocLike
 from .errors import (
     APIError,

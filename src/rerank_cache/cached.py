@@ -14,7 +14,7 @@ import copy
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .client import BatchResult, ScoreResult
+from .client.results import BatchResult, ScoreResult
 from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .client import BatchResult, ScoreResult
+from .client.results import BatchResult, ScoreResult
 from .planning import Collected
 from .singleflight import SingleFlight
 from .store import CacheStats, CheckReport

@@ -15,15 +15,9 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .client import (
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_CONCURRENCY,
-    BatchResult,
-    DashScopeClient,
-    RetryPolicy,
-    ScoreResult,
-    UsageTotals,
-)
+from .client.core import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, DashScopeClient
+from .client.results import BatchResult, ScoreResult, UsageTotals
+from .client.retry import RetryPolicy
 from .errors import ConfigurationError, DashScopeError, NoDocumentsError
 from .planning import MODEL_LIMITS, Collected, ModelLimits, assemble, collect, limits_for
 from .ratelimit import RateLimiter

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cached import CachedReRanker
-from .client import RetryPolicy
+from .client.retry import RetryPolicy
 from .errors import ConfigurationError
 from .keys import KeyBuilder
 from .planning import estimate_tokens, limits_for, prepare_text
