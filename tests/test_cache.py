@@ -30,7 +30,7 @@ from rerank_cache import (
     ScoreCache,
     score_key,
 )
-from rerank_cache.client import BatchResult
+from rerank_cache.client.results import BatchResult
 from rerank_cache.keys import KeyBuilder
 from rerank_cache.planning import plan_batches
 from rerank_cache.store import read_stats

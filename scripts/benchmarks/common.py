@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from rerank_cache import QwenReRanker, ScoreCache
 
 # Not public: the library's internals the benchmarks measure or reuse (see the docstring).
-from rerank_cache.client import DEFAULT_MAX_CONCURRENCY
+from rerank_cache.client.core import DEFAULT_MAX_CONCURRENCY
 from rerank_cache.examples import load_corpus
 from rerank_cache.keys import KeyBuilder, doc_hash
 from rerank_cache.planning import assemble

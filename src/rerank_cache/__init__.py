@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from .base import Scorer
 from .cached import CachedReRanker
-from .client import BatchResult, RetryPolicy, ScoreResult, UsageTotals, close_async_sessions
+from .client.results import BatchResult, ScoreResult, UsageTotals
+from .client.retry import RetryPolicy
+from .client.sdk import close_async_sessions
 from .doc import Doc, DocLike
 from .errors import (
     APIError,

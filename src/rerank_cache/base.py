@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .client import BatchResult, ScoreResult  # MERGE: .client.results
+from .client.results import BatchResult, ScoreResult
 from .errors import ConfigurationError, DashScopeError, NoDocumentsError
 from .planning import Collected, assemble
 

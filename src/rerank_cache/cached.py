@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .base import OnError, RerankMethods, Scorer, check_on_error
-from .client import BatchResult, ScoreResult  # MERGE: .client.results
+from .client.results import BatchResult, ScoreResult
 from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected

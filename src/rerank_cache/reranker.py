@@ -15,15 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from .base import DEFAULT_MODEL, OnError, RerankMethods, check_on_error, check_query, check_topn
 from .cached import CachedReRanker
-from .client import (
-    DEFAULT_BASE_URL,
-    DEFAULT_MAX_CONCURRENCY,
-    BatchResult,
-    DashScopeClient,
-    RetryPolicy,
-    ScoreResult,
-    UsageTotals,
-)
+from .client.core import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, DashScopeClient
+from .client.results import BatchResult, ScoreResult, UsageTotals
+from .client.retry import RetryPolicy
 from .errors import ConfigurationError
 from .planning import MODEL_LIMITS, Collected, ModelLimits, collect, limits_for
 from .ratelimit import RateLimiter
@@ -245,7 +239,7 @@ class QwenReRanker(RerankMethods):
         on_batch: Callable[[BatchResult], Awaitable[None]] | None = None,
     ) -> ScoreResult:
         """The asyncio twin of :meth:`score_texts`, through ``dashscope.AioTextReRank``."""
-        return await self._client.score_async(self._query, texts, on_batch=on_batch)
+        return await self._client.ascore(self._query, texts, on_batch=on_batch)
 
     def _count_fallback(self) -> None:
         self._client.count_fallback()

@@ -29,7 +29,7 @@ from typing import Any
 
 from .base import DEFAULT_MODEL
 from .cached import CachedReRanker
-from .client import RetryPolicy
+from .client.retry import RetryPolicy
 from .errors import ConfigurationError
 from .keys import KeyBuilder
 from .planning import estimate_tokens, limits_for, prepare_text

@@ -1,0 +1,309 @@
+"""What a DashScope answer means: a validated result, or which of our errors to raise.
+
+- :func:`check` validates a response before any score leaves the client: every document
+  scored exactly once with a finite number, or :class:`~rerank_cache.errors.MalformedResponseError`.
+- :data:`STATUS_TABLE` maps an error status (or DashScope error code) to our error, its hint
+  and whether it is retried; :func:`status_error` applies it.
+- :func:`exception_table` maps what the SDK raised (``requests`` underneath the sync path,
+  ``aiohttp`` underneath the async one) likewise; :func:`translate` applies it.
+
+The classes in the exception table are the real ones, imported on first use: the SDK has
+imported ``requests`` and ``aiohttp`` by then, so it costs a lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from ..errors import (
+    APIError,
+    AuthenticationError,
+    DashScopeError,
+    MalformedResponseError,
+    RateLimitError,
+    RequestTimeoutError,
+    TransportError,
+)
+from .results import BatchResult
+from .retry import RetryableError, parse_retry_after
+
+__all__ = [
+    "STATUS_TABLE",
+    "ExceptionRow",
+    "StatusRow",
+    "check",
+    "exception_table",
+    "status_error",
+    "translate",
+]
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One row of :data:`STATUS_TABLE`.
+
+    Attributes:
+        error: the error raised; a :class:`~rerank_cache.errors.RateLimitError` also
+            carries the server's ``Retry-After``, which then replaces the backoff.
+        retryable: whether the request is tried again (within the retry policy).
+        statuses: the HTTP statuses this row matches.
+        code: the DashScope error code this row matches, whatever the status.
+        hint: appended to the message: what to do; ``{model}`` is the model name.
+    """
+
+    error: type[APIError]
+    retryable: bool = False
+    statuses: Container[int] = ()
+    code: str | None = None
+    hint: str = ""
+
+    def matches(self, status: int, code: str | None) -> bool:
+        """Whether an answer with ``status`` and ``code`` falls under this row."""
+        return status in self.statuses or (self.code is not None and code == self.code)
+
+
+#: HTTP statuses have three digits: these are all the server errors.
+_SERVER_ERRORS = range(HTTPStatus.INTERNAL_SERVER_ERROR, 1000)
+
+#: What a non-200 answer raises. The first row that matches wins, so a status row above a
+#: code row takes precedence over the code; a status no row matches is a plain APIError.
+STATUS_TABLE: tuple[StatusRow, ...] = (
+    StatusRow(RateLimitError, retryable=True, statuses=(HTTPStatus.TOO_MANY_REQUESTS,)),
+    StatusRow(APIError, retryable=True, statuses=_SERVER_ERRORS),
+    StatusRow(
+        AuthenticationError,
+        statuses=(HTTPStatus.UNAUTHORIZED,),
+        hint=" Check the API key (argument or DASHSCOPE_API_KEY) and that it belongs to the "
+        "region of base_url: Beijing keys work only with dashscope.aliyuncs.com, "
+        "international keys only with dashscope-intl.aliyuncs.com.",
+    ),
+    StatusRow(
+        AuthenticationError,
+        statuses=(HTTPStatus.FORBIDDEN,),
+        hint=" The key lacks access to this model, or its free quota is used up.",
+    ),
+    StatusRow(
+        APIError,
+        statuses=(HTTPStatus.NOT_FOUND,),
+        hint=" Check the model name {model!r} and base_url.",
+    ),
+    StatusRow(
+        APIError,
+        code="DataInspectionFailed",
+        hint=" DashScope's content inspection refused the query or a document.",
+    ),
+    StatusRow(
+        APIError,
+        code="Arrearage",
+        hint=" The Alibaba Cloud account is overdue; top it up to continue.",
+    ),
+    StatusRow(
+        APIError,
+        statuses=(HTTPStatus.BAD_REQUEST,),
+        hint=" DashScope rejected the request as invalid; it was not retried.",
+    ),
+)
+_OTHER_STATUS = StatusRow(APIError)
+
+
+@dataclass(frozen=True)
+class ExceptionRow:
+    """One row of :func:`exception_table`.
+
+    Attributes:
+        types: the exception classes this row matches (instances of subclasses too).
+        error: the error raised instead.
+        retryable: whether the request is tried again (within the retry policy).
+        message: the error's message; ``{timeout}``, ``{base_url}`` and ``{name}`` (the
+            class name of what was raised) are filled in.
+    """
+
+    types: tuple[type[BaseException], ...]
+    error: type[DashScopeError]
+    retryable: bool
+    message: str
+
+
+@functools.cache
+def exception_table() -> tuple[ExceptionRow, ...]:
+    """What an exception from the SDK call raises. The first row that matches wins (a
+    requests ``ConnectTimeout`` is a timeout, a requests ``JSONDecodeError`` a bad body);
+    an exception no row matches propagates unchanged."""
+    import aiohttp
+    import requests
+
+    return (
+        ExceptionRow(
+            (
+                requests.exceptions.Timeout,
+                TimeoutError,
+                asyncio.TimeoutError,
+                aiohttp.ServerTimeoutError,
+            ),
+            RequestTimeoutError,
+            retryable=True,
+            message="DashScope did not answer within {timeout:.3g} s.",
+        ),
+        ExceptionRow(
+            (
+                requests.exceptions.ConnectionError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+            ),
+            TransportError,
+            retryable=True,
+            message="Could not reach DashScope at {base_url} ({name}). "
+            "Check the network and base_url.",
+        ),
+        ExceptionRow(
+            (json.JSONDecodeError, requests.exceptions.JSONDecodeError, aiohttp.ContentTypeError),
+            MalformedResponseError,
+            retryable=False,
+            message="DashScope answered with a body that is not JSON; nothing was cached.",
+        ),
+        ExceptionRow(
+            (requests.exceptions.RequestException, aiohttp.ClientError),
+            TransportError,
+            retryable=True,
+            message="HTTP error talking to DashScope ({name}).",
+        ),
+        # The SDK builds its response objects from the body without checks: a 200
+        # without `output`, or results without `index`, surface as these.
+        ExceptionRow(
+            (TypeError, KeyError, AttributeError, ValueError),
+            MalformedResponseError,
+            retryable=False,
+            message="DashScope answered 200 with a body that is not a rerank result "
+            "({name}); nothing was cached.",
+        ),
+    )
+
+
+def translate(exc: Exception, *, timeout: float, base_url: str) -> Exception:
+    """Return what to raise for ``exc``, raised by the SDK call: our error (wrapped in
+    :class:`~rerank_cache.client.retry.RetryableError` when it is retried), or ``exc``."""
+    for row in exception_table():
+        if isinstance(exc, row.types):
+            name = type(exc).__name__
+            error = row.error(row.message.format(timeout=timeout, base_url=base_url, name=name))
+            return RetryableError(error) if row.retryable else error
+    return exc
+
+
+def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    if not headers:
+        return None
+    lowered = name.lower()
+    for key, value in headers.items():
+        if str(key).lower() == lowered:
+            return str(value)
+    return None
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def status_error(
+    response: Any, status: int, request_id: str | None, *, model: str, api_key: str
+) -> Exception:
+    """Return what to raise for a non-200 ``response``, by :data:`STATUS_TABLE`."""
+    code = getattr(response, "code", None) or None
+    raw = getattr(response, "message", None)
+    detail = _redact(str(raw), api_key) if raw else "no message"
+    what = f"DashScope returned HTTP {status}" + (f" {code}" if code else "")
+    what += f": {detail}"
+    if request_id:
+        what += f" (request id {request_id})"
+    what += "."
+    row = next((r for r in STATUS_TABLE if r.matches(status, code)), _OTHER_STATUS)
+    message = what + row.hint.format(model=model)
+    error: APIError
+    retry_after = None
+    if issubclass(row.error, RateLimitError):
+        retry_after = parse_retry_after(_header(getattr(response, "headers", None), "Retry-After"))
+        error = row.error(
+            message, status=status, code=code, request_id=request_id, retry_after=retry_after
+        )
+    else:
+        error = row.error(message, status=status, code=code, request_id=request_id)
+    return RetryableError(error, retry_after) if row.retryable else error
+
+
+def check(
+    response: Any, texts: tuple[str, ...], attempt: int, *, model: str, api_key: str
+) -> BatchResult:
+    """Return the scores of ``response`` to a request for ``texts``, or raise.
+
+    Raises:
+        RetryableError: a status worth retrying (429, 5xx).
+        DashScopeError: any other error status, or a 200 that does not score every text
+            exactly once with a finite number.
+    """
+    status = int(getattr(response, "status_code", 0) or 0)
+    request_id = getattr(response, "request_id", None) or None
+    if status != HTTPStatus.OK:
+        raise status_error(response, status, request_id, model=model, api_key=api_key)
+    output = getattr(response, "output", None)
+    results = getattr(output, "results", None) if output is not None else None
+    if not isinstance(results, list):
+        raise MalformedResponseError(
+            "DashScope answered 200 without output.results; nothing was cached.",
+            request_id=request_id,
+        )
+    scores: list[float | None] = [None] * len(texts)
+    for item in results:
+        try:
+            index = item["index"]
+            score = item["relevance_score"]
+        except (KeyError, TypeError):
+            raise MalformedResponseError(
+                "DashScope returned a result without index or relevance_score; nothing was cached.",
+                request_id=request_id,
+            ) from None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(texts):
+            raise MalformedResponseError(
+                f"DashScope returned result index {index!r} for a request of "
+                f"{len(texts)} documents; nothing was cached.",
+                request_id=request_id,
+            )
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not math.isfinite(score)
+        ):
+            raise MalformedResponseError(
+                f"DashScope returned relevance_score {score!r}, not a finite number; "
+                "nothing was cached.",
+                request_id=request_id,
+            )
+        if scores[index] is not None:
+            raise MalformedResponseError(
+                f"DashScope returned index {index} twice; nothing was cached.",
+                request_id=request_id,
+            )
+        scores[index] = float(score)
+    missing = sum(s is None for s in scores)
+    if missing:
+        raise MalformedResponseError(
+            f"DashScope scored {len(texts) - missing} of {len(texts)} documents sent; "
+            "nothing was cached.",
+            request_id=request_id,
+        )
+    usage = getattr(response, "usage", None)
+    tokens = getattr(usage, "total_tokens", None) if usage is not None else None
+    total_tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0
+    return BatchResult(
+        texts=texts,
+        scores=tuple(s for s in scores if s is not None),
+        total_tokens=total_tokens,
+        request_id=request_id,
+        attempts=attempt,
+    )
