@@ -45,6 +45,13 @@ Note:
     request log carries only a short fingerprint of the key a request presented. Keys never
     appear in responses, in ``repr`` output or in exception messages, and the per-request
     logging of :mod:`http.server` is switched off.
+
+The names above are the public API. Inside, the package is split by concern:
+:mod:`.scoring` (tokens and scores), :mod:`.limits` (the limits enforced, from
+:data:`rerank_cache.planning.MODEL_LIMITS`), :mod:`.wire` (paths, replies, error bodies),
+:mod:`.faults` (injected faults), :mod:`.records` (counters and request log),
+:mod:`.endpoint` (checking and answering a request), :mod:`.httpd` (HTTP plumbing) and
+:mod:`.server` (:class:`DashScopeServer`).
 """
 
 from .faults import MALFORM_KINDS
