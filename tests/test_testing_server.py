@@ -18,10 +18,12 @@ import dashscope
 import pytest
 import requests
 
+from rerank_cache import planning
 from rerank_cache.testing import (
     MALFORM_KINDS,
     RERANK_PATH,
     DashScopeServer,
+    ModelLimits,
     count_tokens,
     score,
 )
@@ -269,6 +271,47 @@ def test_max_documents_override() -> None:
         assert resp.status_code == 400
         assert resp.message.endswith("larger than 3")
         assert rerank(srv, DOCS, model="qwen3-rerank").status_code == 200
+
+
+def test_limits_are_the_reranker_table() -> None:
+    """One ModelLimits class; the server enforces planning's table, never less than it."""
+    assert ModelLimits is planning.ModelLimits
+    with DashScopeServer() as srv:
+        assert set(srv.limits) == set(planning.MODEL_LIMITS)
+        for model, planned in planning.MODEL_LIMITS.items():
+            served = srv.limits[model]
+            if model == "qwen3.7-text-rerank":
+                assert served.max_documents == planned.max_documents
+                assert served.max_item_tokens > planned.max_item_tokens
+                assert served.max_request_tokens > planned.max_request_tokens
+            else:
+                assert served == planned
+
+
+def test_qwen37_serves_its_documented_item_cap() -> None:
+    """qwen3.7-text-rerank bills items up to 32,768 tokens and takes 120,000 per request."""
+    doc = "abcd " * 20_000  # 20,000 tokens: over planning's 8,000 per item
+    with DashScopeServer() as srv:
+        resp = rerank(srv, [doc] * 4, query="q", model="qwen3.7-text-rerank")
+        assert resp.status_code == 200
+        assert resp.usage.total_tokens == 4 * 20_001
+        long_doc = "abcd " * 40_000  # billed at the 32,768 cap
+        resp = rerank(srv, [long_doc], query="q", model="qwen3.7-text-rerank")
+        assert resp.usage.total_tokens == 32_768 + 1
+        resp = rerank(srv, [doc] * 7, query="q", model="qwen3.7-text-rerank")
+        assert resp.message == "Range of input length should be [1, 120000], but got 140007"
+
+
+def test_models_override_with_its_own_char_limit() -> None:
+    """A model added with models= is served with its max_item_chars; max_documents keeps it."""
+    tiny = ModelLimits(5, 4_000, 30_000, max_item_chars=10)
+    with DashScopeServer(models={"tiny": tiny}, max_documents={"tiny": 2}) as srv:
+        assert srv.limits["tiny"] == ModelLimits(2, 4_000, 30_000, max_item_chars=10)
+        assert rerank(srv, ["a" * 10], query="q", model="tiny").status_code == 200
+        resp = rerank(srv, ["a", "a" * 11], query="q", model="tiny")
+        assert resp.message == "document index:1 is invalid, it should not be larger than 10"
+        resp = rerank(srv, ["a"] * 3, query="q", model="tiny")
+        assert resp.message.endswith("larger than 2")
 
 
 def test_empty_document(server: DashScopeServer) -> None:
