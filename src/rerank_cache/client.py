@@ -57,6 +57,8 @@ DEFAULT_MAX_CONCURRENCY = 16
 _MIN_POOL_SIZE = 64
 #: Above this many texts, the async path plans requests in a worker thread.
 _PLAN_IN_THREAD = 200
+#: Seconds within which the same retry warning (failure kind, attempt) is logged once.
+_RETRY_LOG_WINDOW = 30.0
 
 
 def _prepare_async_sdk() -> None:
@@ -260,6 +262,7 @@ class DashScopeClient:
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._totals = UsageTotals()
+        self._retry_logged: dict[tuple[type, str | None, int], float] = {}  # see _retry_wait
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
         self._async_ready = False
         # The SDK takes a few tenths of a second to import: pay it when a reranker is built
@@ -536,13 +539,25 @@ class DashScopeClient:
         if attempt >= self.retry.max_attempts or out_of_time:
             self._count_failure()
             raise self._final(retryable, attempt, out_of_time) from None
-        logger.warning(
-            "DashScope request failed (%s); retrying in %.2f s (attempt %d of %d)",
-            retryable.error,
-            wait_s,
-            attempt + 1,
-            self.retry.max_attempts,
-        )
+        # Requests in flight together fail together (a 429 burst): one line per failure
+        # kind and attempt within _RETRY_LOG_WINDOW says it, not one per request.
+        error = retryable.error
+        kind = (type(error), getattr(error, "code", None), attempt + 1)
+        now = self.retry.clock()
+        with self._lock:
+            last = self._retry_logged.get(kind)
+            first = last is None or now - last >= _RETRY_LOG_WINDOW
+            if first:
+                self._retry_logged[kind] = now
+        if first:
+            logger.warning(
+                "rerank-cache: DashScope request failed (%s); "
+                "retrying in %.2f s (attempt %d of %d)",
+                error,
+                wait_s,
+                attempt + 1,
+                self.retry.max_attempts,
+            )
         return wait_s
 
     def _succeeded(self, result: BatchResult) -> BatchResult:
