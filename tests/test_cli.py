@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -491,6 +492,11 @@ class Terminal(io.StringIO):
         return True
 
 
+def without_ansi(text: str) -> str:
+    """What a terminal shows, less colours and cursor moves (the frames stay, one per line)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def warmed(line: int, *, pairs: int = 1, requests: int = 1) -> LineWarmed:
     return LineWarmed(line, pairs=pairs, cached=0, scored=pairs, requests=requests, tokens=3)
 
@@ -537,10 +543,11 @@ def test_terminal_bar_ends_on_the_final_count(
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
-    last_frame = screen.getvalue().rstrip().rsplit("\r", 1)[-1]
-    assert "30 lines · 240 pairs · 0 cached · 240 scored · 30 requests" in last_frame
-    assert "100%" in last_frame
-    assert screen.getvalue().endswith("\n")
+    shown = without_ansi(screen.getvalue())
+    assert shown.endswith("\n")
+    bar, counts = shown.rstrip("\n").split("\n")[-2:]
+    assert counts == "30 lines · 240 pairs · 0 cached · 240 scored · 30 requests"
+    assert "100%" in bar.rsplit("\r", 1)[-1]
     assert "lines read              30" in capsys.readouterr().out
 
 
@@ -572,11 +579,10 @@ def test_interrupt_message_gets_its_own_line(
     monkeypatch.setattr(sys, "stdin", stdin)
     monkeypatch.setattr(sys, "stderr", screen)
     assert main(["--cache-dir", str(env), "warm", "-"]) == 130
-    shown = screen.getvalue()
+    shown = without_ansi(screen.getvalue())
     assert "%" not in shown  # no bar without a known size
     assert shown.endswith(
-        "\nrerank-cache: error: interrupted; everything finished before the interruption "
-        "is kept\n"
+        "\nrerank-cache: error: interrupted; everything finished before the interruption is kept\n"
     )
     with ScoreCache(env) as cache:
         assert cache.stats().entries == server.stats.documents == 24
@@ -739,7 +745,8 @@ def test_sigterm_during_warm_is_like_ctrl_c(
     try:
         deadline = time.monotonic() + 60
         while server.stats.requests < 3:  # wait for the third request to be in flight
-            assert proc.poll() is None and time.monotonic() < deadline
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -583,7 +583,7 @@ class WarmProgress:
 
     def _start_bar(self) -> None:
         # Imported here: only warm on a terminal draws a bar; stats stays quick to start.
-        from rich.console import Console
+        from rich.console import Console, RenderableType
         from rich.progress import (
             BarColumn,
             Progress,
@@ -593,6 +593,16 @@ class WarmProgress:
             TextColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        owner = self
+
+        class Bar(Progress):
+            """The bar and rate on one line, the counts below (80 columns fit both)."""
+
+            def get_renderables(self) -> Iterator[RenderableType]:
+                yield self.make_tasks_table(self.tasks)
+                yield Text(owner.counts(rate=False), no_wrap=True, overflow="ellipsis")
 
         columns: list[str | ProgressColumn] = [TextColumn("warming")]
         if self.total_bytes is None:
@@ -602,13 +612,13 @@ class WarmProgress:
         columns += [TextColumn("{task.description}")]
         if self.total_bytes is not None:
             columns += [TextColumn("ETA"), TimeRemainingColumn()]
-        self._bar = Progress(
+        self._bar = Bar(
             *columns,
             console=Console(file=self.stream),
             get_time=self.clock,
             redirect_stdout=False,  # stdout carries the summary, printed after the bar
         )
-        self._task = self._bar.add_task(self.counts(), total=self.total_bytes)
+        self._task = self._bar.add_task(self.rate(), total=self.total_bytes)
         self._bar.start()
 
     def reader(self, source: Iterable[bytes]) -> Iterator[bytes]:
@@ -617,10 +627,13 @@ class WarmProgress:
             self.bytes_read += len(line)
             yield line
 
-    def counts(self) -> str:
-        """The counts so far: lines, pairs, cached, scored (or to send), requests, rate."""
+    def rate(self) -> str:
+        """Pairs per second so far."""
         elapsed = self.clock() - self.started
-        rate = f"{self.pairs / elapsed:,.0f} pairs/s" if elapsed > 0 else "- pairs/s"
+        return f"{self.pairs / elapsed:,.0f} pairs/s" if elapsed > 0 else "- pairs/s"
+
+    def counts(self, *, rate: bool = True) -> str:
+        """The counts so far: lines, pairs, cached, scored (or to send), requests, rate."""
         sent = f"{self.scored:,} to send" if self.dry_run else f"{self.scored:,} scored"
         parts = [
             _n(self.lines, "line"),
@@ -628,7 +641,7 @@ class WarmProgress:
             f"{self.cached:,} cached",
             sent,
             *([] if self.dry_run else [_n(self.requests, "request")]),
-            rate,
+            *([self.rate()] if rate else []),
         ]
         return " \u00b7 ".join(parts)
 
@@ -640,7 +653,7 @@ class WarmProgress:
         self.scored += event.scored
         self.requests += event.requests
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.bytes_read, description=self.counts())
+            self._bar.update(self._task, completed=self.bytes_read, description=self.rate())
             return
         now = self.clock()
         if now - self.last_line >= self.interval:
@@ -671,7 +684,7 @@ class WarmProgress:
         if self._bar is None:
             return
         done = self.total_bytes if complete and self.total_bytes is not None else self.bytes_read
-        self._bar.update(self._task, completed=done, description=self.counts())
+        self._bar.update(self._task, completed=done, description=self.rate())
         self._bar.stop()
         self._bar = None
 
