@@ -6,37 +6,21 @@
 
 The same options and behaviour as ``rerank-cache warm`` (see docs/cli.md): a thin wrapper
 over the library's warming API (:func:`rerank_cache.warm`), through the CLI's ``warm``
-command so both stay identical. ``--cache-dir``/``--cache-url`` may appear anywhere.
+command so both stay identical. ``--cache-dir``/``--cache-url`` may appear anywhere, and
+``--help`` names this script.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from rerank_cache.cli import main as cli_main
-
-GLOBAL_OPTIONS = ("--cache-dir", "--cache-url")
+from rerank_cache.cli import warm_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``rerank-cache [global options] warm ARGS``; return its exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    global_args: list[str] = []
-    warm_args: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name = arg.split("=", 1)[0]
-        if name in GLOBAL_OPTIONS:
-            if "=" in arg:
-                global_args.append(arg)
-            else:
-                global_args += args[i : i + 2]
-                i += 1
-        else:
-            warm_args.append(arg)
-        i += 1
-    return cli_main([*global_args, "warm", *warm_args])
+    """Run ``warm`` with this script's name in usage and errors; return its exit code."""
+    return warm_main(sys.argv[1:] if argv is None else argv, prog=Path(__file__).name)
 
 
 if __name__ == "__main__":

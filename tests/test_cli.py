@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import re
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from freezegun import freeze_time
 
-from rerank_cache import CachedReRanker, Doc, QwenReRanker, ScoreCache
-from rerank_cache.cli import main
+from rerank_cache import CachedReRanker, Doc, LineWarmed, QwenReRanker, ScoreCache
+from rerank_cache.cli import WarmProgress, main
 from rerank_cache.testing import DashScopeServer
 
 from .conftest import API_KEY
@@ -470,3 +480,349 @@ def test_warm_cache_script_matches_the_cli(
     )
     assert bad.returncode == 1
     assert "no such file" in bad.stderr
+
+
+# -- the progress display (issue 14, item 5) ------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, as stderr is for a person at a shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def without_ansi(text: str) -> str:
+    """What a terminal shows, less colours and cursor moves (the frames stay, one per line)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def warmed(line: int, *, pairs: int = 1, requests: int = 1) -> LineWarmed:
+    return LineWarmed(line, pairs=pairs, cached=0, scored=pairs, requests=requests, tokens=3)
+
+
+def test_plain_progress_is_one_line_every_ten_seconds() -> None:
+    """Without a terminal, progress is one plain line per ~10 s, with share read and ETA."""
+    stream = io.StringIO()
+    data = [b"x" * 99 + b"\n"] * 4
+    with freeze_time("2026-01-01") as clock:
+        progress = WarmProgress(stream, total_bytes=400)
+        lines = progress.reader(data)
+        next(lines)
+        progress.update(warmed(1))
+        clock.tick(6)
+        next(lines)
+        progress.update(warmed(2, pairs=3, requests=2))
+        assert stream.getvalue() == ""
+        clock.tick(5)
+        next(lines)
+        progress.update(warmed(3))
+        clock.tick(1)
+        next(lines)
+        progress.update(warmed(4))
+        progress.finish(complete=True)
+    assert stream.getvalue().splitlines() == [
+        "rerank-cache: warming: 75% of 400 B read · 3 lines · 5 pairs · 0 cached · 5 scored "
+        "· 4 requests · 0 pairs/s · ETA 0:04"
+    ]
+
+
+def test_progress_counts_in_the_singular() -> None:
+    """One line, one pair, one request: no "1 requests"."""
+    progress = WarmProgress(io.StringIO())
+    progress.update(warmed(1))
+    assert progress.counts().startswith("1 line · 1 pair · 0 cached · 1 scored · 1 request · ")
+
+
+def test_terminal_bar_ends_on_the_final_count(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a terminal, the bar's last frame shows every line (not a stale count) at 100%."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(30)) + "\n")
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
+    shown = without_ansi(screen.getvalue())
+    assert shown.endswith("\n")
+    bar, counts = shown.rstrip("\n").split("\n")[-2:]
+    assert counts == "30 lines · 240 pairs · 0 cached · 240 scored · 30 requests"
+    assert "100%" in bar.rsplit("\r", 1)[-1]
+    assert "lines read              30" in capsys.readouterr().out
+
+
+class _InterruptingInput(io.RawIOBase):
+    """Standard input that gives some lines, then the user presses Ctrl-C."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.data:
+            raise KeyboardInterrupt
+        n = min(len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def test_interrupt_message_gets_its_own_line(
+    env: Path, monkeypatch: pytest.MonkeyPatch, server: DashScopeServer
+) -> None:
+    """Ctrl-C under a spinner (stdin: size unknown): the message starts a line; exit 130."""
+    data = ("\n".join(log_lines(3)) + "\n").encode()
+    stdin = io.TextIOWrapper(io.BufferedReader(_InterruptingInput(data)), encoding="utf-8")
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdin", stdin)
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert main(["--cache-dir", str(env), "warm", "-"]) == 130
+    shown = without_ansi(screen.getvalue())
+    assert "%" not in shown  # no bar without a known size
+    assert shown.endswith(
+        "\nrerank-cache: error: interrupted; everything finished before the interruption is kept\n"
+    )
+    with ScoreCache(env) as cache:
+        assert cache.stats().entries == server.stats.documents == 24
+
+
+# -- rough edges (issue 14, item 6) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["stats"], ["stats", "--json"], ["path"]])
+def test_closed_pipe_exits_quietly(env: Path, args: list[str]) -> None:
+    """`stats | head -2` whose reader is gone: no "Broken pipe" error, exit 0."""
+    ScoreCache(env).close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: EPIPE every time
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rerank_cache", "--cache-dir", str(env), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_global_options_after_the_subcommand(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cache-dir works after the subcommand too; both store options at once are a usage error."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(2)) + "\n")
+    assert main(["warm", str(log), "--cache-dir", str(env)]) == 0
+    capsys.readouterr()
+    assert main(["stats", "--json", "--cache-dir", str(env)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["directory"], data["entries"]) == (str(env), 16)
+    assert main(["path", f"--cache-dir={env}"]) == 0
+    assert capsys.readouterr().out.strip() == str(env)
+    assert main(["--cache-dir", str(env), "stats", "--cache-url", "redis://localhost/0"]) == 2
+    assert "not allowed with argument --cache-dir" in capsys.readouterr().err
+
+
+def test_warm_cache_script_help_names_itself() -> None:
+    """scripts/warm_cache.py --help names the script and lists the store options."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "warm_cache.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: warm_cache.py [-h] [--cache-dir DIR | --cache-url URL]")
+    assert "rerank-cache warm" not in proc.stdout.split("\n\n")[0]
+
+
+def test_no_pair_in_the_log_fails_naming_the_fields(
+    env: Path, tmp_path: Path, server: DashScopeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--field content on documents without it: exit 1, naming the fields there are."""
+    log = tmp_path / "log.jsonl"
+    doc = {"id": "a", "body": "vector cache", "title": "t"}
+    log.write_text(json.dumps({"query": "q", "documents": [doc, doc]}) + "\n")
+    assert main(["--cache-dir", str(env), "warm", str(log), "--field", "content"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"rerank-cache: error: no (query, document) pair in {log}: no document has text in "
+        "field 'content'; the documents' fields are body, id, title. Pass --field NAME."
+    )
+    assert server.stats.requests == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["--cache-dir", str(env), "warm", str(empty), "--dry-run"]) == 1
+    assert f"no (query, document) pair in {empty}: it is empty" in capsys.readouterr().err
+
+
+def test_dry_run_changes_nothing_and_labels_repeats(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run creates no directory; pairs repeated in the log are not "already cached"."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(2) * 3) + "\n")  # every line three times
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["--cache-dir", str(env), "warm", str(log), "--dry-run"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not env.exists()
+    out = capsys.readouterr().out
+    assert "already cached          0\n" in out
+    assert "repeated in the input   32\n" in out
+    assert "pairs to send           16\n" in out
+
+
+def test_dry_run_on_an_existing_cache_counts_cached_pairs(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against a warmed cache, the dry run finds the pairs there and sends nothing."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(2)) + "\n")
+    assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
+    log.write_text("\n".join(log_lines(3)) + "\n")
+    capsys.readouterr()
+    assert main(["--cache-dir", str(env), "warm", str(log), "--dry-run", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["already_cached"], summary["repeated_in_input"], summary["scored"]) == (
+        16,
+        0,
+        8,
+    )
+
+
+def test_dry_run_flags_an_unknown_model(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown model has no price: the estimate says so instead of "0.0000 CNY"."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(1) + log_lines(1, model="gte-rerank-v9")) + "\n")
+    assert main(["--cache-dir", str(env), "warm", str(log), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    cost = next(line for line in captured.out.splitlines() if "estimated cost" in line)
+    assert cost.endswith("CNY + unknown (gte-rerank-v9: no list price)")
+    assert "rerank-cache: warning: unknown model gte-rerank-v9: no list price" in captured.err
+
+
+def test_clear_unknown_model_lists_the_models(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """clear --model with a typo says which models the cache holds."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(1) + log_lines(1, model="qwen3-rerank")) + "\n")
+    assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
+    capsys.readouterr()
+    assert main(["--cache-dir", str(env), "clear", "--model", "qwen3-rernak", "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"nothing to clear: no scores of model qwen3-rernak in {env}; "
+        "models with scores: gte-rerank-v2, qwen3-rerank"
+    )
+    with ScoreCache(env) as cache:
+        assert cache.stats().entries == 16
+
+
+def test_sigterm_during_warm_is_like_ctrl_c(
+    env: Path, tmp_path: Path, server: DashScopeServer
+) -> None:
+    """SIGTERM mid-run: the request in flight finishes and is kept, a message, exit 143."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(3)) + "\n")
+    server.delay_next(1.0, match="doc 2-0")  # the third line's request
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerank_cache", "--cache-dir", str(env), "warm", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DASHSCOPE_API_KEY": API_KEY},
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.stats.requests < 3:  # wait for the third request to be in flight
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert out == ""
+    assert err == (
+        "rerank-cache: error: terminated (SIGTERM); everything finished before it is kept\n"
+    )
+    with ScoreCache(env) as cache:
+        assert cache.stats().entries == server.stats.documents == 24
+
+
+def test_retry_warnings_once_per_wave_with_the_prefix(
+    env: Path, tmp_path: Path, server: DashScopeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four requests throttled together give one retry warning, prefixed rerank-cache:."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(4)) + "\n")
+    server.fail_next(429, retry_after=0, times=4)
+    with caplog.at_level(logging.WARNING, logger="rerank_cache"):
+        assert main(["--cache-dir", str(env), "warm", str(log), "--concurrency", "4"]) == 0
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1
+    assert retries[0].startswith("rerank-cache: DashScope request failed (DashScope returned")
+    assert retries[0].endswith("(attempt 2 of 4)")
+    assert server.stats.errors_by_status == {429: 4}
+
+
+def test_empty_cache_hit_rate_is_a_dash(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing looked up yet: the hit rate is "—", not an alarming 0.0%."""
+    ScoreCache(env).close()
+    assert main(["--cache-dir", str(env), "stats"]) == 0
+    assert "  hit rate                  \u2014\n" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def unwritable(path: Path, how: str) -> Iterator[None]:
+    """Make ``path`` unwritable the way ``how`` says, and writable again afterwards."""
+    if how == "immutable":
+        if shutil.which("chattr") is None:
+            pytest.skip("no chattr")
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i refused here: {done.stderr.decode().strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes regardless of permissions")
+        path.chmod(0o500)
+        try:
+            yield
+        finally:
+            path.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("how", "why", "fix"),
+    [("immutable", "is immutable", "chattr -i"), ("permission", "permission denied", "chmod 700")],
+)
+def test_unwritable_cache_dir_says_why(
+    env: Path, tmp_path: Path, how: str, why: str, fix: str
+) -> None:
+    """An unwritable cache: stats and warm fail in one line saying why and what to do."""
+    ScoreCache(env).close()
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(log_lines(1)) + "\n")
+    with unwritable(env, how):
+        for args in (["stats"], ["stats", "--json"], ["warm", str(log)], ["clear", "--yes"]):
+            proc = run_cli("--cache-dir", str(env), *args, env_extra={"DASHSCOPE_API_KEY": "k"})
+            assert (proc.returncode, proc.stdout) == (1, ""), args
+            assert proc.stderr.count("\n") == 1
+            assert proc.stderr.startswith(f"rerank-cache: error: the cache directory {env} ")
+            assert why in proc.stderr
+            assert fix in proc.stderr

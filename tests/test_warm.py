@@ -123,3 +123,20 @@ def test_rate_limiter_spaces_requests() -> None:
     assert waits == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="per_minute"):
         RateLimiter(0)
+
+
+def test_dry_run_tells_repeats_from_cached_pairs(tmp_path: Path) -> None:
+    """A dry run counts pairs in the cache apart from pairs an earlier line already has."""
+    with ScoreCache(tmp_path / "c") as cache:
+        *_, summary = warm([*lines(2), *lines(3)], cache, dry_run=True)
+    assert isinstance(summary, WarmSummary)
+    assert (summary.already_cached, summary.repeated_in_input, summary.scored) == (0, 10, 15)
+
+
+def test_fields_found_name_where_the_text_may_be(tmp_path: Path) -> None:
+    """Documents without text in ``field`` report their other keys, sorted."""
+    line = json.dumps({"query": "q", "documents": [{"id": 1, "body": "x"}, {"content": ""}]})
+    with ScoreCache(tmp_path / "c") as cache:
+        *_, summary = warm([line], cache, field="content", dry_run=True)
+    assert isinstance(summary, WarmSummary)
+    assert (summary.pairs_seen, summary.fields_found) == (0, ("body", "id"))

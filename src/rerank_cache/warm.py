@@ -74,13 +74,17 @@ class WarmRequest:
     model: str
     instruct: str | None
     without_text: int = 0
+    #: Other keys of the object documents without text in ``field``: where it may be instead.
+    fields_found: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class LineWarmed:
     """A line is done: how many of its pairs were cached already and how many were scored.
 
-    In a dry run, ``scored`` counts the pairs that *would* be sent.
+    In a dry run, ``scored`` counts the pairs that *would* be sent, and ``repeated`` the
+    pairs not in the cache that an earlier line already has (they would be sent once). In a
+    real run an earlier line has stored them by then, so they count as ``cached``.
     """
 
     line: int
@@ -89,6 +93,7 @@ class LineWarmed:
     scored: int
     requests: int
     tokens: int
+    repeated: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,10 @@ class WarmSummary:
         lines_read: lines read from the input, blank and invalid ones included.
         lines_skipped: invalid lines skipped.
         pairs_seen: unique (query, document) pairs per line, summed.
-        already_cached: pairs found in the cache.
+        already_cached: pairs found in the cache (in a real run, pairs an earlier line of
+            the same input stored count too).
+        repeated_in_input: (dry run) pairs not in the cache that an earlier line of the
+            input already has: duplicates within the input, which would be sent once.
         scored: pairs scored by DashScope (in a dry run: pairs that would be sent).
         api_requests: DashScope requests made.
         tokens_billed: tokens DashScope billed.
@@ -116,6 +124,8 @@ class WarmSummary:
         dry_run: whether nothing was sent.
         estimated_tokens: (dry run) estimated tokens of the pairs that would be sent.
         estimated_cost: (dry run) estimated list price in CNY by model (None when unknown).
+        fields_found: the other keys of object documents without text in ``field``
+            (sorted, at most 20): where the text may be instead.
     """
 
     lines_read: int = 0
@@ -130,7 +140,12 @@ class WarmSummary:
     dry_run: bool = False
     estimated_tokens: int = 0
     estimated_cost: dict[str, float | None] = field(default_factory=dict)
+    repeated_in_input: int = 0
+    fields_found: tuple[str, ...] = ()
 
+
+#: At most this many field names are collected for :attr:`WarmSummary.fields_found`.
+_MAX_FIELDS_FOUND = 20
 
 WarmEvent = LineWarmed | LineSkipped | WarmSummary
 
@@ -179,6 +194,7 @@ def parse_line(
     limits = limits_for(line_model)
     texts: dict[str, None] = {}
     without_text = 0
+    fields_found: set[str] = set()
     for position, doc in enumerate(documents):
         if isinstance(doc, str):
             value: Any = doc
@@ -189,13 +205,23 @@ def parse_line(
         text = prepare_text(value, limits)
         if text is None:
             without_text += 1
+            if isinstance(doc, dict) and len(fields_found) < _MAX_FIELDS_FOUND:
+                fields_found.update(str(k) for k in list(doc)[:_MAX_FIELDS_FOUND] if k != field)
         else:
             texts.setdefault(text)
     try:
         query.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidLineError(line, "'query' contains lone surrogates") from None
-    return WarmRequest(line, query, tuple(texts), line_model, line_instruct, without_text)
+    return WarmRequest(
+        line,
+        query,
+        tuple(texts),
+        line_model,
+        line_instruct,
+        without_text,
+        tuple(sorted(fields_found)[:_MAX_FIELDS_FOUND]),
+    )
 
 
 def warm(
@@ -326,8 +352,15 @@ class _Totals:
             scored=event.scored,
             api_requests=event.requests,
             tokens_billed=event.tokens,
+            repeated_in_input=event.repeated,
         )
         return event
+
+    def note_fields(self, names: tuple[str, ...]) -> None:
+        known = self.so_far.fields_found
+        if names and len(known) < _MAX_FIELDS_FOUND and not set(names) <= set(known):
+            merged = tuple(sorted({*known, *names})[:_MAX_FIELDS_FOUND])
+            self.so_far = dataclasses.replace(self.so_far, fields_found=merged)
 
     def summary(self, **extra: Any) -> WarmSummary:
         return dataclasses.replace(self.so_far, elapsed=time.monotonic() - self.started, **extra)
@@ -349,6 +382,7 @@ def _requests(
             continue
         if request is not None:
             totals.bump(documents_without_text=request.without_text)
+            totals.note_fields(request.fields_found)
             yield request
 
 
@@ -384,7 +418,8 @@ def _dry_run(
         builder = KeyBuilder(item.model, item.instruct, item.query)
         keys = {builder.key(text): text for text in item.texts}
         found = cache.get_many(keys)
-        missing = [k for k in keys if k not in found and k not in would_send]
+        not_cached = [k for k in keys if k not in found]
+        missing = [k for k in not_cached if k not in would_send]
         would_send.update(missing)
         limits = limits_for(item.model)
         query_tokens = min(estimate_tokens(item.query), limits.max_item_tokens)
@@ -393,7 +428,15 @@ def _dry_run(
             tokens += estimate_tokens(item.instruct)
         tokens_by_model[item.model] = tokens_by_model.get(item.model, 0) + tokens
         yield totals.add(
-            LineWarmed(item.line, len(keys), len(keys) - len(missing), len(missing), 0, 0)
+            LineWarmed(
+                item.line,
+                pairs=len(keys),
+                cached=len(keys) - len(not_cached),
+                scored=len(missing),
+                requests=0,
+                tokens=0,
+                repeated=len(not_cached) - len(missing),
+            )
         )
     yield totals.summary(
         dry_run=True,

@@ -32,7 +32,7 @@ from ..planning import ModelLimits, iter_batches
 from ..ratelimit import RateLimiter
 from .responses import check, translate
 from .results import BatchResult, ScoreResult, UsageTotals
-from .retry import Attempts, RetryableError, RetryPolicy, overall_deadline
+from .retry import Attempts, RetryableError, RetryLog, RetryPolicy, overall_deadline
 from .sdk import pooled_session, prepare_async_sdk
 
 __all__ = [
@@ -99,6 +99,7 @@ class DashScopeClient:
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._totals = UsageTotals()
+        self._retry_log = RetryLog()
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
         self._async_ready = False
         # The SDK takes a few tenths of a second to import: pay it when a reranker is built
@@ -349,7 +350,9 @@ class DashScopeClient:
             raise translate(exc, timeout=timeout, base_url=self.base_url) from exc
 
     def _attempts(self, deadline: float | None) -> Attempts:
-        return Attempts(self.retry, timeout=self.timeout, deadline=deadline, rng=self._rng)
+        return Attempts(
+            self.retry, timeout=self.timeout, deadline=deadline, rng=self._rng, log=self._retry_log
+        )
 
     def _check(self, response: Any, texts: tuple[str, ...], attempts: Attempts) -> BatchResult:
         return check(response, texts, attempts.number, model=self.model, api_key=self._api_key)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Attempts",
+    "RetryLog",
     "RetryPolicy",
     "RetryableError",
     "final_error",
@@ -142,6 +144,31 @@ def final_error(retryable: RetryableError, attempts: int, out_of_time: bool) -> 
     return type(error)(message, request_id=error.request_id)
 
 
+class RetryLog:
+    """Says a retry once per failure kind and attempt within a window, per client.
+
+    Requests in flight together fail together (a 429 burst): one warning line says it, not
+    one per request.
+    """
+
+    #: Seconds within which the same (error type, code, attempt) is logged once.
+    WINDOW = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[type, str | None, int], float] = {}
+
+    def first(self, error: Exception, attempt: int, now: float) -> bool:
+        """True if this failure is the first of its kind and attempt within the window."""
+        kind = (type(error), getattr(error, "code", None), attempt)
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.WINDOW:
+                return False
+            self._last[kind] = now
+            return True
+
+
 class Attempts:
     """The attempts of one request: numbers them and decides every timeout and wait.
 
@@ -153,6 +180,7 @@ class Attempts:
         timeout: seconds one attempt may wait for its response.
         deadline: when the whole call must end, from :func:`overall_deadline`.
         rng: the jitter source.
+        log: the client's :class:`RetryLog`, so a burst of failures is logged once.
     """
 
     def __init__(
@@ -162,11 +190,13 @@ class Attempts:
         timeout: float,
         deadline: float | None,
         rng: random.Random,
+        log: RetryLog | None = None,
     ) -> None:
         self.policy = policy
         self.timeout = timeout
         self.deadline = deadline
         self.rng = rng
+        self.log = log
         self.number = 0
 
     def start(self) -> float:
@@ -203,11 +233,13 @@ class Attempts:
         out_of_time = self.deadline is not None and self.policy.clock() + wait_s > self.deadline
         if self.number >= self.policy.max_attempts or out_of_time:
             raise final_error(retryable, self.number, out_of_time) from None
-        logger.warning(
-            "DashScope request failed (%s); retrying in %.2f s (attempt %d of %d)",
-            retryable.error,
-            wait_s,
-            self.number + 1,
-            self.policy.max_attempts,
-        )
+        if self.log is None or self.log.first(retryable.error, self.number, self.policy.clock()):
+            logger.warning(
+                "rerank-cache: DashScope request failed (%s); "
+                "retrying in %.2f s (attempt %d of %d)",
+                retryable.error,
+                wait_s,
+                self.number + 1,
+                self.policy.max_attempts,
+            )
         return wait_s
