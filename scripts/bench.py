@@ -58,7 +58,7 @@ from rerank_cache.client import DEFAULT_MAX_CONCURRENCY
 from rerank_cache.examples import load_corpus
 from rerank_cache.keys import KeyBuilder, doc_hash
 from rerank_cache.planning import assemble
-from rerank_cache.store import read_stats
+from rerank_cache.stores.disk import read_stats
 from rerank_cache.testing import DashScopeServer, ServerStats, count_tokens
 
 MODEL = "gte-rerank-v2"
@@ -1335,7 +1335,7 @@ def bench_redis(ctx: Context) -> list[Row]:
                 )
             ]
         try:
-            from rerank_cache.redis_store import RedisScoreCache
+            from rerank_cache.stores.redis import RedisScoreCache
         except ImportError:
             return [
                 Row(

@@ -62,8 +62,11 @@ def test_public_objects_have_docstrings(name: str) -> None:
                 assert inspect.getdoc(member), f"{name}.{attr}"
 
 
+PACKAGE = ROOT / "src" / "rerank_cache"
 MODULES = sorted(
-    p.stem for p in (ROOT / "src" / "rerank_cache").glob("*.py") if p.stem != "__main__"
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+    for p in PACKAGE.rglob("*.py")
+    if p.stem != "__main__"
 )
 
 
@@ -77,9 +80,7 @@ def test_docstring_examples_run(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    mod = importlib.import_module(
-        f"rerank_cache.{module}" if module != "__init__" else "rerank_cache"
-    )
+    mod = importlib.import_module(f"rerank_cache.{module}".removesuffix(".__init__"))
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
 

@@ -18,9 +18,10 @@ from .client import BatchResult, ScoreResult
 from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
-from .protocols import Scorer, ScoreStore
+from .protocols import Scorer
 from .reranker import OnError, RerankMethods, check_on_error
 from .singleflight import Flight
+from .stores.base import ScoreStore
 
 __all__ = ["CachedReRanker"]
 

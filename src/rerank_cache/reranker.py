@@ -30,7 +30,7 @@ from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .cached import CachedReRanker
-    from .protocols import ScoreStore
+    from .stores.base import ScoreStore
 
 logger = logging.getLogger("rerank_cache")
 
@@ -373,7 +373,7 @@ class QwenReRanker(RerankMethods):
                 (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
         """
         from .cached import CachedReRanker
-        from .store import ScoreCache
+        from .stores.disk import ScoreCache
 
         if cache is None:
             url = os.environ.get("RERANK_CACHE_URL", "").strip()

@@ -33,9 +33,9 @@ from .errors import ConfigurationError
 from .keys import KeyBuilder
 from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
-from .protocols import ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import DEFAULT_MODEL, QwenReRanker
+from .stores.base import ScoreStore
 
 __all__ = [
     "InvalidLineError",
