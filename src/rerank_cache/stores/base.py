@@ -166,6 +166,8 @@ class StoreBase:
 
     #: What counts as storage trouble (fail open) for this backend.
     _failures: tuple[type[BaseException], ...] = (OSError,)
+    #: What else a write may fail with (a backend refusing a value), also failing open.
+    _write_failures: tuple[type[BaseException], ...] = ()
     #: Whether a flush that does not wait (from the request path) warns when it fails.
     _warn_unwaited_flush = True
 
@@ -190,6 +192,22 @@ class StoreBase:
     @property
     def _where(self) -> str:
         """Where the store is, for messages (never with a password)."""
+        raise NotImplementedError
+
+    def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        """Look up ``keys`` (at least one) in one batch; raise one of ``_failures`` if it fails."""
+        raise NotImplementedError
+
+    def _write_scores(
+        self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
+    ) -> bool:
+        """Store finite ``scores`` of ``model`` and add ``counters``, in one transaction.
+
+        Add duplicate sends found on the way to ``counters`` (or, once written, to the
+        pending counters). Raise one of ``_failures`` or ``_write_failures`` if nothing was
+        written; return False if part of it failed (after logging it with
+        :meth:`_store_error`).
+        """
         raise NotImplementedError
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
@@ -218,6 +236,63 @@ class StoreBase:
     def _describe(self, exc: BaseException) -> str:
         """An exception for messages."""
         return f"{type(exc).__name__}: {exc}"
+
+    # -- the request path ----------------------------------------------------------------
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Look up scores in one batch; missing, expired or unsafe entries are absent.
+
+        Never raises for storage trouble: it is logged, counted, and reads as misses.
+        """
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        if self._is_down():
+            self._skip("read")
+            return {}
+        try:
+            found = self._read_scores(wanted)
+        except self._failures as exc:
+            self._store_error("read", exc)
+            return {}
+        self._reachable()
+        return found
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+    ) -> bool:
+        """Store scores (and usage) in one transaction; return False if it failed open.
+
+        Only finite floats are stored. Scores whose key is already live count as duplicate
+        sends (another process fetched the same pair meanwhile). Counters pending in memory
+        are written in the same transaction.
+        """
+        clean = finite_scores(scores)
+        usage = Counter(
+            api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
+        )
+        if self._is_down():
+            self._skip("write")
+            self._pending.add(model, usage)
+            return False
+        pending = self._pending.take()
+        counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
+        counters.setdefault(model, Counter()).update(usage)
+        try:
+            written = self._write_scores(clean, model, counters)
+        except (*self._failures, *self._write_failures) as exc:
+            self._pending.restore(pending)
+            self._pending.add(model, usage)  # the usage was paid for: keep counting it
+            self._store_error("write", exc)
+            return False
+        self._reachable()
+        return written
 
     # -- counters ------------------------------------------------------------------------
 
@@ -267,6 +342,11 @@ class StoreBase:
             self._describe(exc),
             hint,
         )
+        self._pending.add("", {"store_errors": 1})
+
+    def _skip(self, what: str) -> None:
+        """Count an operation not tried because the backend is down."""
+        logger.debug("rerank-cache: %s skipped: %s is down", what, self._where)
         self._pending.add("", {"store_errors": 1})
 
     # -- closing -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import diskcache
 
 from ..errors import CacheDirectoryError, CacheError, CorruptCacheError
 from . import sqlite
-from .base import TTL_UNSET, AdminStore, StoreBase, finite_scores
+from .base import TTL_UNSET, AdminStore, StoreBase
 from .open import default_cache_dir, open_store, secure_directory
 from .safedisk import SafeDisk
 from .stats import CacheStats, CheckReport, build_stats
@@ -145,6 +145,7 @@ class ScoreCache(StoreBase):
     """
 
     _failures = _FAILURES
+    _write_failures = (TypeError,)  # SafeDisk refused a value
     # A flush from the request path gives up at once when another process holds the write
     # lock: that is expected under load, and the counters go with the next write.
     _warn_unwaited_flush = False
@@ -314,62 +315,23 @@ class ScoreCache(StoreBase):
     def _release(self) -> None:
         self._cache.close()
 
-    # -- reads ---------------------------------------------------------------------------
+    # -- reads and writes (StoreBase hooks): one SELECT, one transaction --------------------
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
-        """Look up scores in one batched read; missing, expired or unsafe rows are absent.
+    def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        return sqlite.get_scores(self._con, keys, time.time())
 
-        Never raises for storage trouble: it is logged, counted, and reads as misses.
-        """
-        wanted = list(keys)
-        if not wanted:
-            return {}
-        try:
-            return sqlite.get_scores(self._con, wanted, time.time())
-        except _FAILURES as exc:
-            self._store_error("read", exc)
-            return {}
-
-    # -- writes --------------------------------------------------------------------------
-
-    def put_many(
-        self,
-        scores: Mapping[str, float],
-        *,
-        model: str,
-        api_requests: int = 0,
-        documents_sent: int = 0,
-        tokens_billed: int = 0,
+    def _write_scores(
+        self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
-        """Store scores (and usage) in one transaction; return False if it failed open.
-
-        Only finite floats are stored. Scores whose key is already live count as duplicate
-        sends (another process fetched the same pair meanwhile).
-        """
-        clean = finite_scores(scores)
-        usage = Counter(
-            api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
-        )
-        pending = self._pending.take()  # written in the same transaction as the scores
-        counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
-        try:
-            with self._cache.transact():
-                con = self._con
-                duplicates = len(sqlite.live_keys(con, list(clean), time.time())) if clean else 0
-                now = time.time()
-                sqlite.upsert_scores(
-                    con, clean, now, None if self._ttl is None else now + self._ttl
-                )
-                counters.setdefault(model, Counter()).update(usage)
-                counters[model]["duplicate_sends"] += duplicates
-                # Tidy as we go: drop as many expired rows as we wrote.
-                sqlite.tidy_expired(con, time.time(), len(clean))
-                sqlite.add_counters(con, counters)
-        except (*_FAILURES, TypeError) as exc:
-            self._pending.restore(pending)
-            self._pending.add(model, usage)  # the usage was paid for: keep counting it
-            self._store_error("write", exc)
-            return False
+        with self._cache.transact():
+            con = self._con
+            duplicates = len(sqlite.live_keys(con, list(scores), time.time())) if scores else 0
+            now = time.time()
+            sqlite.upsert_scores(con, scores, now, None if self._ttl is None else now + self._ttl)
+            counters[model]["duplicate_sends"] += duplicates
+            # Tidy as we go: drop as many expired rows as we wrote.
+            sqlite.tidy_expired(con, time.time(), len(scores))
+            sqlite.add_counters(con, counters)
         self._enforce_size_limit()
         return True
 

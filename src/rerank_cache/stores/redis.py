@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,7 +61,7 @@ from redis.retry import Retry
 
 from ..errors import CacheError, ConfigurationError
 from ..keys import HASH_DIGITS, key_head
-from .base import REDIS_SCHEMES, TTL_UNSET, StoreBase, finite_scores
+from .base import REDIS_SCHEMES, TTL_UNSET, StoreBase
 from .redis_check import check_namespace, scan_batches
 from .redis_format import (
     DEFAULT_NAMESPACE,
@@ -204,8 +204,6 @@ class RedisScoreCache(StoreBase):
     def _score_key(self, key: str) -> str:
         return self._score_prefix + key
 
-    # -- failing open --------------------------------------------------------------------
-
     # -- failing open (StoreBase hooks) ---------------------------------------------------
 
     @property
@@ -235,10 +233,6 @@ class RedisScoreCache(StoreBase):
             was_down, self._down = self._down, False
         if was_down:
             logger.warning("rerank-cache: Redis at %s answers again", self.location)
-
-    def _skip(self, what: str) -> None:
-        logger.debug("rerank-cache: %s skipped: Redis at %s is down", what, self.location)
-        self._pending.add("", {"store_errors": 1})
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
         del wait  # a socket timeout bounds every call already
@@ -270,75 +264,30 @@ class RedisScoreCache(StoreBase):
             raise self._unavailable(exc) from None
         self._reachable()
 
-    # -- reads ---------------------------------------------------------------------------
+    # -- reads and writes (StoreBase hooks): one MGET, one MULTI ---------------------------
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
-        """Look up scores with one ``MGET``; missing, expired or malformed values are absent.
-
-        Never raises for storage trouble: it is logged, counted, and reads as misses.
-        """
-        wanted = list(keys)
-        if not wanted:
-            return {}
-        if self._is_down():
-            self._skip("read")
-            return {}
-        try:
-            values = self._client.mget([self._score_key(key) for key in wanted])
-        except (RedisError, OSError) as exc:
-            self._store_error("read", exc)
-            return {}
-        self._reachable()
+    def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        values = self._client.mget([self._score_key(key) for key in keys])
         found: dict[str, float] = {}
-        for key, raw in zip(wanted, values, strict=True):
+        for key, raw in zip(keys, values, strict=True):
             value = parse_score(raw)
             if value is not None:
                 found[key] = value
         return found
 
-    # -- writes --------------------------------------------------------------------------
-
-    def put_many(
-        self,
-        scores: Mapping[str, float],
-        *,
-        model: str,
-        api_requests: int = 0,
-        documents_sent: int = 0,
-        tokens_billed: int = 0,
+    def _write_scores(
+        self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
-        """Store scores (and usage) in one ``MULTI``; return False if it failed open.
-
-        Only finite floats are stored. Scores whose key was already live count as
-        duplicate sends (another process fetched the same pair meanwhile).
-        """
-        clean = finite_scores(scores)
-        usage = Counter(
-            api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
-        )
-        if self._is_down():
-            self._skip("write")
-            self._pending.add(model, usage)
-            return False
-        pending = self._pending.take()
-        counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
-        counters.setdefault(model, Counter()).update(usage)
         bucket = bucket_field(model, self._ttl_ms, int(time.time() * 1000))
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            for key, value in clean.items():
-                pipe.set(self._score_key(key), repr(value), px=self._ttl_ms, get=True)
-            if clean:
-                pipe.hincrby(self._entries_key, bucket, len(clean))
-            self._queue_counters(pipe, counters)
-            results = pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            self._pending.restore(pending)
-            self._store_error("write", exc)
-            self._pending.add(model, usage)
-            return False
-        self._reachable()
-        previous = results[: len(clean)]
+        pipe = self._client.pipeline(transaction=True)
+        for key, value in scores.items():
+            # GET returns the value the key held: a live one means a duplicate send.
+            pipe.set(self._score_key(key), repr(value), px=self._ttl_ms, get=True)
+        if scores:
+            pipe.hincrby(self._entries_key, bucket, len(scores))
+        self._queue_counters(pipe, counters)
+        results = pipe.execute(raise_on_error=False)
+        previous = results[: len(scores)]
         refused = sum(isinstance(r, Exception) for r in previous)
         duplicates = sum(r is not None and not isinstance(r, Exception) for r in previous)
         if duplicates:
