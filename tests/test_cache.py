@@ -33,7 +33,7 @@ from rerank_cache import (
 from rerank_cache.client.results import BatchResult
 from rerank_cache.keys import KeyBuilder
 from rerank_cache.planning import plan_batches
-from rerank_cache.store import read_stats
+from rerank_cache.stores.disk import read_stats
 from rerank_cache.testing import DashScopeServer, score
 
 from .conftest import API_KEY
@@ -624,7 +624,7 @@ def test_damage_inside_the_file_fails_open_and_check_fix_repairs(
 
 def test_only_real_corruption_counts_as_damage() -> None:
     """Locks and I/O errors are not mistaken for a damaged file."""
-    from rerank_cache.store import _is_corruption
+    from rerank_cache.stores.disk import _is_corruption
 
     assert _is_corruption(sqlite3.DatabaseError("file is not a database"))
     assert not _is_corruption(sqlite3.OperationalError("database is locked"))
@@ -825,7 +825,7 @@ def test_safe_disk_refuses_everything_but_inline_floats(tmp_path: Path) -> None:
     nothing but finite floats can be stored; no file is ever removed."""
     import diskcache
 
-    from rerank_cache.safedisk import SafeDisk, UnsafeRowError
+    from rerank_cache.stores.safedisk import SafeDisk, UnsafeRowError
 
     marker = tmp_path / "pwned"
     victim = tmp_path / "victim.txt"

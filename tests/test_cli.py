@@ -767,7 +767,8 @@ def test_retry_warnings_once_per_wave_with_the_prefix(
     """Four requests throttled together give one retry warning, prefixed rerank-cache:."""
     log = tmp_path / "log.jsonl"
     log.write_text("\n".join(log_lines(4)) + "\n")
-    server.fail_next(429, retry_after=0, times=4)
+    for i in range(4):  # each line's request fails once, whatever order they arrive in
+        server.fail_next(429, retry_after=0, match=f"doc {i}-0")
     with caplog.at_level(logging.WARNING, logger="rerank_cache"):
         assert main(["--cache-dir", str(env), "warm", str(log), "--concurrency", "4"]) == 0
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]

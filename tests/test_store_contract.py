@@ -475,7 +475,7 @@ def test_from_url_refuses_other_schemes(url: str) -> None:
 def test_from_url_without_redis_py_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py, a Redis URL raises ImportError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "redis", None)
-    monkeypatch.delitem(sys.modules, "rerank_cache.redis_store")
+    monkeypatch.delitem(sys.modules, "rerank_cache.stores.redis")
     with pytest.raises(ImportError, match=r"pip install 'rerank-cache\[redis\]'"):
         ScoreCache.from_url("redis://127.0.0.1:1/0")
 

@@ -30,14 +30,16 @@ from .errors import (
 )
 from .keys import score_key
 from .planning import ModelLimits, estimate_tokens, limits_for
-from .protocols import ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
-from .store import CacheStats, ModelStats, ScoreCache, default_cache_dir, read_stats
+from .stores.base import ScoreStore
+from .stores.disk import ScoreCache, read_stats
+from .stores.open import default_cache_dir
+from .stores.stats import CacheStats, ModelStats
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 
 if TYPE_CHECKING:
-    from .redis_store import RedisScoreCache as RedisScoreCache
+    from .stores.redis import RedisScoreCache as RedisScoreCache
 
 __version__ = "0.1.0"
 
@@ -90,7 +92,7 @@ def __getattr__(name: str) -> Any:
     # `import rerank_cache` works without it (the error then says what to install). It is
     # left out of __all__ so `from rerank_cache import *` works without it too.
     if name == "RedisScoreCache":
-        from .redis_store import RedisScoreCache
+        from .stores.redis import RedisScoreCache
 
         return RedisScoreCache
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

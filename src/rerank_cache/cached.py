@@ -21,8 +21,8 @@ from .client.results import BatchResult, ScoreResult
 from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
-from .protocols import ScoreStore  # MERGE: .stores.base
 from .singleflight import Flight, SingleFlight
+from .stores.base import ScoreStore
 
 __all__ = ["CachedReRanker"]
 

@@ -33,19 +33,14 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__
 from .errors import ConfigurationError, CorruptCacheError, DashScopeError, RerankCacheError
 from .pricing import CURRENCY, PRICE_PER_MILLION_TOKENS, estimate_cost
-from .protocols import ScoreStore
-from .store import (
-    CacheStats,
-    CheckReport,
-    ScoreCache,
-    default_cache_dir,
-    read_stats,
-    resolve_cache_url,
-)
+from .stores.base import AdminStore, ScoreStore
+from .stores.disk import ScoreCache, read_stats
+from .stores.open import default_cache_dir, resolve_cache_url
+from .stores.stats import CacheStats, CheckReport
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 
 if TYPE_CHECKING:
-    from .redis_store import RedisScoreCache
+    from .stores.redis import RedisScoreCache
 
 __all__ = ["WarmProgress", "main", "stats_json", "warm_main"]
 
@@ -283,7 +278,7 @@ def _target(args: argparse.Namespace) -> Target:
 
 def _open_redis(url: str, *, ping: bool = True, **kwargs: Any) -> RedisScoreCache:
     """Open a Redis store; unless ``ping`` is false, fail in one line if it cannot be reached."""
-    from .redis_store import RedisScoreCache  # needs the optional redis-py
+    from .stores.redis import RedisScoreCache  # needs the optional redis-py
 
     store = RedisScoreCache(url, **kwargs)
     if ping:
@@ -295,7 +290,7 @@ def _open_redis(url: str, *, ping: bool = True, **kwargs: Any) -> RedisScoreCach
     return store
 
 
-def _open_store(target: Target, **kwargs: Any) -> tuple[ScoreStore, str]:
+def _open_store(target: Target, **kwargs: Any) -> tuple[AdminStore, str]:
     """Open the store at ``target``; return it and where it is, for messages."""
     if isinstance(target, str):
         store = _open_redis(target, **kwargs)

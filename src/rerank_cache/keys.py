@@ -23,10 +23,24 @@ import struct
 
 import xxhash
 
-__all__ = ["KEY_VERSION", "KeyBuilder", "doc_hash", "model_of", "score_key"]
+__all__ = [
+    "HASH_DIGITS",
+    "KEY_PREFIX",
+    "KEY_VERSION",
+    "KeyBuilder",
+    "doc_hash",
+    "key_head",
+    "key_range",
+    "model_of",
+    "score_key",
+]
 
 #: The key-format version, part of every key.
 KEY_VERSION = 1
+#: What every current-format key starts with: the version and ``":"``.
+KEY_PREFIX = f"{KEY_VERSION}:"
+#: Hex digits of the hash that ends every key (after the model and a ``":"``).
+HASH_DIGITS = 32
 
 _DOMAIN = b"rerank-cache/v%d" % KEY_VERSION
 _NO_INSTRUCT = b"\xff"
@@ -63,7 +77,7 @@ class KeyBuilder:
             + (_NO_INSTRUCT if instruct is None else b"\x00" + _field(instruct))
             + _field(query)
         )
-        self._head = f"{KEY_VERSION}:{model}:"
+        self._head = key_head(model)
 
     def key(self, text: str) -> str:
         """Return the store key of ``text``'s score."""
@@ -79,9 +93,35 @@ def score_key(model: str, instruct: str | None, query: str, text: str) -> str:
     return KeyBuilder(model, instruct, query).key(text)
 
 
+def key_head(model: str) -> str:
+    """Return what every key of ``model`` starts with; the hash's hex digits follow.
+
+    Example:
+        >>> key_head("gte-rerank-v2")
+        '1:gte-rerank-v2:'
+    """
+    return f"{KEY_PREFIX}{model}:"
+
+
+def key_range(model: str | None = None) -> tuple[str, str]:
+    """Return ``(low, high)``: every current key (of ``model``, if given) sorts in ``[low, high)``.
+
+    ``";"`` is the character after ``":"``, so ``high`` is the first string past the range.
+    A model name containing ``":"`` can make one model's range hold another model's keys.
+
+    Example:
+        >>> key_range(), key_range("m")
+        (('1:', '1;'), ('1:m:', '1:m;'))
+    """
+    low = KEY_PREFIX if model is None else key_head(model)
+    return low, low[:-1] + ";"
+
+
 def model_of(key: str) -> str | None:
     """Return the model named in a store key, or None if it is not a current-format key."""
-    version, sep, rest = key.partition(":")
-    if not sep or version != str(KEY_VERSION) or len(rest) < 34 or rest[-33] != ":":
+    if not key.startswith(KEY_PREFIX):
         return None
-    return rest[:-33]
+    rest = key[len(KEY_PREFIX) :]
+    if len(rest) < HASH_DIGITS + 2 or rest[-HASH_DIGITS - 1] != ":":
+        return None
+    return rest[: -HASH_DIGITS - 1]

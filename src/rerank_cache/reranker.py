@@ -23,7 +23,7 @@ from .planning import MODEL_LIMITS, Collected, ModelLimits, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .protocols import ScoreStore
+    from .stores.base import ScoreStore
 
 
 class QwenReRanker(RerankMethods):
@@ -206,7 +206,7 @@ class QwenReRanker(RerankMethods):
                 URL or a directory), else a :class:`ScoreCache` in the default directory
                 (``RERANK_CACHE_DIR`` or ``~/.cache/rerank-cache``).
         """
-        from .store import ScoreCache  # MERGE: stores.open
+        from .stores.disk import ScoreCache
 
         if cache is None:
             url = os.environ.get("RERANK_CACHE_URL", "").strip()

@@ -34,9 +34,9 @@ from .errors import ConfigurationError
 from .keys import KeyBuilder
 from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
-from .protocols import ScoreStore
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
+from .stores.base import ScoreStore
 
 __all__ = [
     "InvalidLineError",

@@ -1,0 +1,362 @@
+"""What every score store is, and the scaffolding every store shares.
+
+* :class:`ScoreStore`: what the caching layer needs on the request path; never raises for
+  storage trouble. :class:`AdminStore` adds what the ``rerank-cache`` command needs.
+* :class:`StoreBase`: the part of a store that is not about its backend: the usage counters
+  kept in memory and flushed with the next write, the flush itself, the flush of every open
+  store at interpreter exit, the context manager, and the fail-open logging. A backend
+  supplies the hooks (``_where``, ``_write_counters_now``, ``_release`` and, when it has
+  something to add, ``_failed``, ``_is_down``, ``_reachable``).
+* The TTL argument both stores take (:data:`TTL_UNSET`, :func:`ttl_seconds`) and
+  :func:`finite_scores`, the one rule of what is worth storing.
+
+Nothing concrete is imported here: no diskcache, no redis.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from .counters import PendingCounters
+from .stats import CacheStats, CheckReport
+
+__all__ = [
+    "DEFAULT_TTL",
+    "REDIS_SCHEMES",
+    "TTL_UNSET",
+    "AdminStore",
+    "ScoreStore",
+    "StoreBase",
+    "finite_scores",
+    "ttl_seconds",
+]
+
+logger = logging.getLogger("rerank_cache")
+
+#: Default time to live of a cached score: 30 days. Scores of a model version do not
+#: change, but DashScope can update a model behind the same name; a month bounds the drift.
+DEFAULT_TTL = timedelta(days=30)
+#: The default of a store's ``ttl`` argument (``None`` means "never expire", so not None).
+TTL_UNSET: Any = object()
+#: URL schemes that name a Redis store: ``open`` picks the backend by them, and the Redis
+#: store refuses other URLs. Here, and not in either, so neither imports the other.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+_Store = TypeVar("_Store", bound="StoreBase")
+
+
+def ttl_seconds(ttl: float | timedelta | None) -> float | None:
+    """Return a ``ttl`` argument as seconds (None: never expire).
+
+    Raises:
+        ValueError: not seconds, a ``timedelta`` or None; or not positive.
+
+    Example:
+        >>> ttl_seconds(timedelta(hours=1)), ttl_seconds(None)
+        (3600.0, None)
+    """
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"ttl must be seconds, a timedelta or None, not {ttl!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"ttl must be positive, got {ttl!r}")
+    return float(seconds)
+
+
+def finite_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """The scores worth storing: finite numbers (not bools), as floats. Pure."""
+    return {
+        key: float(value)
+        for key, value in scores.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+@runtime_checkable
+class ScoreStore(Protocol):
+    """A store of scores by key, as the caching layer uses it.
+
+    :class:`~rerank_cache.ScoreCache` (diskcache) and
+    :class:`~rerank_cache.stores.redis.RedisScoreCache` implement it (and
+    :class:`AdminStore`). Implementations never raise for storage trouble on the request
+    path (``get_many``, ``put_many``, ``record_*``): they fail open, log and count.
+    """
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Batched lookup; absent keys are misses. Never raises for storage trouble."""
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+    ) -> bool:
+        """Store scores and usage in one transaction; False when it failed open."""
+
+    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+        """Count pairs looked up."""
+
+    def record_fallback(self, model: str) -> None:
+        """Count a rerank that fell back to retrieval order."""
+
+    def stats(self) -> CacheStats:
+        """Entries, hits, misses, usage and a per-model breakdown."""
+
+    def close(self) -> None:
+        """Flush counters and release connections (for whoever owns the store)."""
+
+
+@runtime_checkable
+class AdminStore(ScoreStore, Protocol):
+    """A :class:`ScoreStore` that can be maintained: what the ``rerank-cache`` command uses."""
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every score, or one model's; return how many."""
+
+    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
+        """Delete expired scores; return how many."""
+
+    def count(self, *, model: str | None = None, expired: bool = False) -> int:
+        """Count live (or expired) scores."""
+
+    def check(self, *, fix: bool = False) -> CheckReport:
+        """Check integrity; with ``fix``, repair what can be repaired."""
+
+    def flush_stats(self) -> None:
+        """Write counters kept in memory now (fails open)."""
+
+    def __enter__(self) -> AdminStore:
+        """Use the store as a context manager; it closes on exit."""
+
+    def __exit__(self, *exc_info: object) -> Any:
+        """Close the store."""
+
+
+_OPEN: weakref.WeakSet[StoreBase] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_stores() -> None:  # pragma: no cover - runs at interpreter exit
+    for store in list(_OPEN):
+        store.flush_stats()
+
+
+class StoreBase:
+    """Counters, flush, exit-time flush, context manager and fail-open logging of a store.
+
+    A subclass calls ``super().__init__`` first, then :meth:`_opened` once it is usable,
+    and implements the hooks below.
+    """
+
+    #: What counts as storage trouble (fail open) for this backend.
+    _failures: tuple[type[BaseException], ...] = (OSError,)
+    #: What else a write may fail with (a backend refusing a value), also failing open.
+    _write_failures: tuple[type[BaseException], ...] = ()
+    #: Whether a flush that does not wait (from the request path) warns when it fails.
+    _warn_unwaited_flush = True
+
+    def __init__(self, *, ttl: float | timedelta | None, stats_flush_interval: float) -> None:
+        self._ttl = ttl_seconds(DEFAULT_TTL if ttl is TTL_UNSET else ttl)
+        self._pending = PendingCounters(stats_flush_interval)
+        self._closed = False
+
+    def _opened(self) -> None:
+        """Register the store, so counters still in memory at interpreter exit are written."""
+        _OPEN.add(self)
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds a score stays valid, or None for no expiry."""
+        return self._ttl
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        """Where the store is, for messages (never with a password)."""
+        raise NotImplementedError
+
+    def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        """Look up ``keys`` (at least one) in one batch; raise one of ``_failures`` if it fails."""
+        raise NotImplementedError
+
+    def _write_scores(
+        self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
+    ) -> bool:
+        """Store finite ``scores`` of ``model`` and add ``counters``, in one transaction.
+
+        Add duplicate sends found on the way to ``counters`` (or, once written, to the
+        pending counters). Raise one of ``_failures`` or ``_write_failures`` if nothing was
+        written; return False if part of it failed (after logging it with
+        :meth:`_store_error`).
+        """
+        raise NotImplementedError
+
+    def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
+        """Add ``pending`` to the stored counters; raise one of ``_failures`` if it fails.
+
+        ``wait=False``: called from the request path, so give up rather than wait for a lock.
+        """
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Release connections (counters are flushed already)."""
+        raise NotImplementedError
+
+    def _failed(self, exc: BaseException) -> str:
+        """React to storage trouble; return a hint for the warning (may be empty)."""
+        del exc
+        return ""
+
+    def _is_down(self) -> bool:
+        """Whether the backend is known to be unreachable: then nothing is tried."""
+        return False
+
+    def _reachable(self) -> None:
+        """Note that the backend just answered."""
+
+    def _describe(self, exc: BaseException) -> str:
+        """An exception for messages."""
+        return f"{type(exc).__name__}: {exc}"
+
+    # -- the request path ----------------------------------------------------------------
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Look up scores in one batch; missing, expired or unsafe entries are absent.
+
+        Never raises for storage trouble: it is logged, counted, and reads as misses.
+        """
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        if self._is_down():
+            self._skip("read")
+            return {}
+        try:
+            found = self._read_scores(wanted)
+        except self._failures as exc:
+            self._store_error("read", exc)
+            return {}
+        self._reachable()
+        return found
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+    ) -> bool:
+        """Store scores (and usage) in one transaction; return False if it failed open.
+
+        Only finite floats are stored. Scores whose key is already live count as duplicate
+        sends (another process fetched the same pair meanwhile). Counters pending in memory
+        are written in the same transaction.
+        """
+        clean = finite_scores(scores)
+        usage = Counter(
+            api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
+        )
+        if self._is_down():
+            self._skip("write")
+            self._pending.add(model, usage)
+            return False
+        pending = self._pending.take()
+        counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
+        counters.setdefault(model, Counter()).update(usage)
+        try:
+            written = self._write_scores(clean, model, counters)
+        except (*self._failures, *self._write_failures) as exc:
+            self._pending.restore(pending)
+            self._pending.add(model, usage)  # the usage was paid for: keep counting it
+            self._store_error("write", exc)
+            return False
+        self._reachable()
+        return written
+
+    # -- counters ------------------------------------------------------------------------
+
+    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+        """Count pairs looked up; written at most every ``stats_flush_interval`` seconds."""
+        self._pending.add(model, {"hits": hits, "misses": misses})
+        if self._pending.due() and not self._is_down():
+            self._flush(wait=False)
+
+    def record_fallback(self, model: str) -> None:
+        """Count a rerank that fell back to retrieval order after an API failure."""
+        self._pending.add(model, {"fallbacks": 1})
+
+    def flush_stats(self) -> None:
+        """Write the in-memory counters now (fails open: they are kept for a later flush).
+
+        Tries even while the backend is considered down: it is called on purpose (and on
+        close).
+        """
+        self._flush(wait=True)
+
+    def _flush(self, *, wait: bool) -> None:
+        if self._closed or not self._pending:
+            return
+        pending = self._pending.take()
+        try:
+            self._write_counters_now(pending, wait=wait)
+        except self._failures as exc:
+            self._pending.restore(pending)
+            self._failed(exc)
+            if wait or self._warn_unwaited_flush:
+                logger.warning(
+                    "rerank-cache: could not write stats counters to %s (%s)",
+                    self._where,
+                    self._describe(exc),
+                )
+            return
+        self._reachable()
+
+    def _store_error(self, what: str, exc: BaseException) -> None:
+        """Log and count a request-path operation that failed open."""
+        hint = self._failed(exc)
+        logger.warning(
+            "rerank-cache: %s failed in %s (%s); continuing without the cache%s",
+            what,
+            self._where,
+            self._describe(exc),
+            hint,
+        )
+        self._pending.add("", {"store_errors": 1})
+
+    def _skip(self, what: str) -> None:
+        """Count an operation not tried because the backend is down."""
+        logger.debug("rerank-cache: %s skipped: %s is down", what, self._where)
+        self._pending.add("", {"store_errors": 1})
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush counters and release the store's connections."""
+        if self._closed:
+            return
+        self.flush_stats()
+        self._closed = True
+        self._release()
+        _OPEN.discard(self)
+
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> Literal[False]:
+        self.close()
+        return False

@@ -1,0 +1,482 @@
+"""``RedisScoreCache``: the score store on Redis, shared by a fleet of servers.
+
+The same :class:`~rerank_cache.stores.base.ScoreStore` as
+:class:`~rerank_cache.stores.disk.ScoreCache`, with the same semantics, on a Redis server
+(6.2 or later) that many hosts share. Everything lives under a namespace (default
+``rerank-cache``), so several applications can share one Redis; the layout, and the pure
+code that writes and parses it, are in :mod:`rerank_cache.stores.redis_format`.
+
+Reads are one ``MGET`` per call and never write. A write is one ``MULTI`` per call: the
+scores (``SET ... PX ... GET``, which also tells which keys were already live: duplicate
+sends), the entries counter and the usage counters. Hit and miss counts are kept in memory
+and flushed with the next write, at most every ``stats_flush_interval`` seconds, and on
+:meth:`RedisScoreCache.close`.
+
+Entries per model come from the ``{ns}:entries`` counters, not from a ``SCAN``: a ``SCAN``
+walks every key of the Redis (a million scores take seconds and tens of megabytes of
+replies), while the counters answer in one round trip whatever the size. Each write adds
+its count to a bucket named by the time its keys expire (bucket width ttl/512, between one
+second and one hour), so :meth:`~RedisScoreCache.stats` counts as live only the buckets
+that have not expired yet, with no process having to delete anything. The count drifts
+upwards when Redis evicts keys under ``maxmemory`` or someone deletes keys by hand (they
+are counted until their TTL passes); :meth:`~RedisScoreCache.check` recounts exactly with a
+``SCAN`` and ``check(fix=True)`` rebuilds the counters.
+
+Storage trouble fails open, as with the disk store: a read that fails is a miss, a write
+that fails is skipped; both are logged and counted (in memory, flushed once Redis answers
+again), and the rerank goes on through the API. Sockets time out after ``timeout``
+seconds, and after a connection failure Redis is left alone for ``retry_interval`` seconds
+(every read is a miss, every write is skipped, without touching the network), so a dead or
+slow Redis costs one timeout per interval, not one per call.
+
+No pickle: a score is stored as the ASCII ``repr`` of a finite float and read back only if
+it is exactly that; anything else under our keys reads as a miss and is reported by
+:meth:`~RedisScoreCache.check`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+try:
+    import redis
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised without the extra
+    raise ModuleNotFoundError(
+        "RedisScoreCache needs redis-py: pip install 'rerank-cache[redis]'", name="redis"
+    ) from exc
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..errors import CacheError, ConfigurationError
+from ..keys import HASH_DIGITS, key_head
+from .base import REDIS_SCHEMES, TTL_UNSET, StoreBase
+from .redis_check import check_namespace, scan_batches
+from .redis_format import (
+    DEFAULT_NAMESPACE,
+    NAMESPACE,
+    Bucket,
+    bucket_field,
+    live_entries,
+    parse_counters,
+    parse_score,
+    redact_url,
+    split_namespace,
+    url_secrets,
+)
+from .stats import CacheStats, CheckReport, build_stats
+
+__all__ = ["DEFAULT_NAMESPACE", "REDIS_SCHEMES", "RedisScoreCache", "parse_score", "redact_url"]
+
+logger = logging.getLogger("rerank_cache")
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_PRUNE_EVERY = 600.0  # seconds between removals of expired entry buckets, per process
+_PRUNE_GRACE_MS = 3_600_000  # keep a bucket an hour past its end: clocks of hosts differ
+#: What counts as storage trouble (fails open); the first three mean Redis is unreachable.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisScoreCache(StoreBase):
+    """A store of rerank scores on Redis, shared by every process and host that uses it.
+
+    Implements :class:`~rerank_cache.stores.base.AdminStore` like
+    :class:`~rerank_cache.stores.disk.ScoreCache`, so :class:`~rerank_cache.CachedReRanker` and
+    the ``rerank-cache`` command work with either. Nothing connects until first use.
+
+    Args:
+        url_or_client: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, optionally
+            with ``?namespace=NAME``; or a ready ``redis.Redis`` client (its own timeouts
+            and retries then apply, and :meth:`close` leaves it open).
+        ttl: how long a score stays valid: seconds, a ``timedelta``, or None for never.
+            Redis expires the keys itself. Default :data:`~rerank_cache.stores.base.DEFAULT_TTL`.
+        namespace: the key prefix that separates applications sharing a Redis (letters,
+            digits, ``_ . -``); default the URL's ``namespace`` parameter, else
+            :data:`~rerank_cache.stores.redis_format.DEFAULT_NAMESPACE`.
+        timeout: seconds to connect and to wait for each reply before failing open.
+        stats_flush_interval: seconds between flushes of the hit/miss counters (they are
+            also flushed with every write and on close).
+        retry_interval: after a connection failure, seconds during which Redis is not tried
+            (reads miss, writes are skipped, both counted) before it is tried again.
+
+    Example:
+        >>> cache = RedisScoreCache("redis://:s3cret@localhost:6379/0", namespace="search")
+        >>> cache.location
+        'redis://:***@localhost:6379/0?namespace=search'
+        >>> cache.close()
+    """
+
+    _failures = (RedisError, OSError)
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        *,
+        ttl: float | timedelta | None = TTL_UNSET,
+        namespace: str | None = None,
+        timeout: float = 0.5,
+        stats_flush_interval: float = 1.0,
+        retry_interval: float = 5.0,
+    ) -> None:
+        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval)
+        self._ttl_ms = None if self._ttl is None else max(1, math.ceil(self._ttl * 1000))
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
+        if retry_interval < 0:
+            raise ConfigurationError(f"retry_interval must be >= 0, got {retry_interval!r}")
+        self._secrets: tuple[str, ...] = ()
+        if isinstance(url_or_client, str):
+            url, url_namespace = split_namespace(url_or_client)
+            if urlsplit(url).scheme not in REDIS_SCHEMES:
+                raise ConfigurationError(
+                    f"not a Redis URL: {redact_url(url)} (use redis://, rediss:// or unix://)"
+                )
+            if namespace is not None and url_namespace not in (None, namespace):
+                raise ConfigurationError(
+                    f"two namespaces given: {url_namespace!r} in the URL, {namespace!r} "
+                    "as an argument"
+                )
+            namespace = url_namespace if namespace is None else namespace
+            self._secrets = url_secrets(url)
+            try:
+                self._client = redis.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    # One immediate reconnect for a pooled connection the server dropped; no
+                    # backoff and no retry on timeouts: a slow Redis must fail open fast.
+                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                )
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"invalid Redis URL {redact_url(url)}: {self._describe(exc)}"
+                ) from None
+            self._owns_client = True
+            self._url = redact_url(url)
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+            self._url = _describe_client(url_or_client)
+        namespace = DEFAULT_NAMESPACE if namespace is None else namespace
+        if not NAMESPACE.match(namespace):
+            raise ConfigurationError(
+                f"namespace must be 1-64 letters, digits, '_', '.' or '-' (starting with a "
+                f"letter or digit), got {namespace!r}"
+            )
+        self._namespace = namespace
+        self._score_prefix = f"{namespace}:s:"
+        self._counters_key = f"{namespace}:counters"
+        self._entries_key = f"{namespace}:entries"
+        self._retry_interval = retry_interval
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+        self._down_until = 0.0
+        self._down = False
+        self._opened()
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        """Where the scores live, for messages: the URL without its password, and namespace."""
+        sep = "&" if urlsplit(self._url).query else "?"
+        return f"{self._url}{sep}namespace={self._namespace}"
+
+    @property
+    def namespace(self) -> str:
+        """The key prefix of this application's scores and counters."""
+        return self._namespace
+
+    def __repr__(self) -> str:
+        return f"RedisScoreCache({self.location!r}, ttl={self._ttl!r})"
+
+    def _score_key(self, key: str) -> str:
+        return self._score_prefix + key
+
+    # -- failing open (StoreBase hooks) ---------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"Redis at {self.location}"
+
+    def _describe(self, exc: BaseException) -> str:
+        described = super()._describe(exc)
+        for secret in self._secrets:
+            described = described.replace(secret, "***")
+        return described
+
+    def _is_down(self) -> bool:
+        with self._lock:
+            return self._down and time.monotonic() < self._down_until
+
+    def _failed(self, exc: BaseException) -> str:
+        if not isinstance(exc, _UNREACHABLE):
+            return ""
+        with self._lock:
+            self._down = True
+            self._down_until = time.monotonic() + self._retry_interval
+        return f" for {self._retry_interval:g} s" if self._retry_interval else ""
+
+    def _reachable(self) -> None:
+        with self._lock:
+            was_down, self._down = self._down, False
+        if was_down:
+            logger.warning("rerank-cache: Redis at %s answers again", self.location)
+
+    def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
+        del wait  # a socket timeout bounds every call already
+        pipe = self._client.pipeline(transaction=True)
+        self._queue_counters(pipe, pending)
+        pipe.execute()
+
+    def _release(self) -> None:
+        if self._owns_client:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+
+    def _unavailable(self, exc: BaseException) -> CacheError:
+        return CacheError(
+            f"cannot use Redis at {self.location} ({self._describe(exc)}). Check that "
+            "redis-server is running and reachable, and the URL."
+        )
+
+    def ping(self) -> None:
+        """Check that Redis answers.
+
+        Raises:
+            CacheError: Redis cannot be reached or refused the connection (the message
+                names the location, never the password).
+        """
+        try:
+            self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        self._reachable()
+
+    # -- reads and writes (StoreBase hooks): one MGET, one MULTI ---------------------------
+
+    def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        values = self._client.mget([self._score_key(key) for key in keys])
+        found: dict[str, float] = {}
+        for key, raw in zip(keys, values, strict=True):
+            value = parse_score(raw)
+            if value is not None:
+                found[key] = value
+        return found
+
+    def _write_scores(
+        self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
+    ) -> bool:
+        bucket = bucket_field(model, self._ttl_ms, int(time.time() * 1000))
+        pipe = self._client.pipeline(transaction=True)
+        for key, value in scores.items():
+            # GET returns the value the key held: a live one means a duplicate send.
+            pipe.set(self._score_key(key), repr(value), px=self._ttl_ms, get=True)
+        if scores:
+            pipe.hincrby(self._entries_key, bucket, len(scores))
+        self._queue_counters(pipe, counters)
+        results = pipe.execute(raise_on_error=False)
+        previous = results[: len(scores)]
+        refused = sum(isinstance(r, Exception) for r in previous)
+        duplicates = sum(r is not None and not isinstance(r, Exception) for r in previous)
+        if duplicates:
+            self._pending.add(model, {"duplicate_sends": duplicates})
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            # A key or counter of ours holds another type (planted, or other software):
+            # the rest of the transaction applied. `check --fix` removes such keys.
+            self._store_error("write", failed[0])
+        if refused or duplicates:
+            # Keys already live are counted in the bucket of their first write (a race
+            # between two hosts: seconds apart); refused keys are not stored at all.
+            self._uncount(bucket, refused + duplicates)
+        self._maybe_prune()
+        return not failed
+
+    def _queue_counters(self, pipe: Any, counters: Mapping[str, Counter[str]]) -> None:
+        for model, deltas in counters.items():
+            for name, value in deltas.items():
+                if value:
+                    pipe.hincrby(self._counters_key, f"{name}:{model}", value)
+
+    def _uncount(self, bucket: str, n: int) -> None:
+        try:
+            self._client.hincrby(self._entries_key, bucket, -n)
+        except (RedisError, OSError) as exc:
+            logger.debug("rerank-cache: could not correct the entry count (%s)", exc)
+
+    def _maybe_prune(self) -> None:
+        """Drop entry buckets long expired, at most every few minutes per process."""
+        now = time.monotonic()
+        if now - self._last_prune < _PRUNE_EVERY:
+            return
+        self._last_prune = now
+        now_ms = int(time.time() * 1000)
+        try:
+            dead = [
+                field
+                for field in self._client.hkeys(self._entries_key)
+                if (b := Bucket.parse(field)) is not None and not b.live(now_ms - _PRUNE_GRACE_MS)
+            ]
+            if dead:
+                self._client.hdel(self._entries_key, *dead)
+        except (RedisError, OSError) as exc:
+            logger.debug("rerank-cache: could not prune expired entry counts (%s)", exc)
+
+    # -- maintenance (these raise CacheError when Redis cannot be used) --------------------
+
+    def stats(self) -> CacheStats:
+        """Return entries, hits, misses, usage and a per-model breakdown (all processes).
+
+        One round trip, read-only, fast at any size: entries come from the per-model entry
+        counters (see the module docs), ``size_bytes`` is the whole Redis server's
+        ``used_memory``, and ``expired_entries`` is always 0 (Redis deletes expired keys).
+        ``oldest_entry``/``newest_entry`` are known to within a bucket (ttl/512, at most
+        an hour), and only for scores that expire.
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._counters_key)
+            pipe.hgetall(self._entries_key)
+            pipe.info("memory")
+            counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        for result in (counters_raw, entries_raw):
+            if isinstance(result, Exception):
+                raise self._unavailable(result)
+        now_ms = int(time.time() * 1000)
+        counters = parse_counters(counters_raw)
+        for model, deltas in self._pending.snapshot().items():
+            counters.setdefault(model, Counter()).update(deltas)
+        entries, oldest, newest = live_entries(entries_raw, now_ms)
+        size = 0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))
+        return _build_stats(self.location, counters, entries, size, now_ms, oldest, newest)
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every score of this namespace, or only ``model``'s; return how many.
+
+        Counters are kept (they describe history, not contents).
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        if model is None:
+            pattern = self._score_prefix + "*"
+        else:
+            escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
+            pattern = self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
+        deleted = 0
+        try:
+            for batch in scan_batches(self._client, pattern):
+                deleted += int(self._client.unlink(*batch))
+            if model is None:
+                self._client.delete(self._entries_key)
+            else:
+                fields = [
+                    field
+                    for field in self._client.hkeys(self._entries_key)
+                    if (b := Bucket.parse(field)) is not None and b.model == model
+                ]
+                if fields:
+                    self._client.hdel(self._entries_key, *fields)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return deleted
+
+    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
+        """Return 0: Redis deletes expired scores itself (each key carries its TTL)."""
+        del now, model
+        return 0
+
+    def count(self, *, model: str | None = None, expired: bool = False) -> int:
+        """Count live scores, optionally only ``model``'s, from the entry counters.
+
+        ``expired=True`` counts 0: Redis deletes expired scores itself.
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        if expired:
+            return 0
+        stats = self.stats()
+        if model is None:
+            return stats.entries
+        found = stats.models.get(model)
+        return found.entries if found else 0
+
+    def check(self, *, fix: bool = False) -> CheckReport:
+        """Scan every key of the namespace; with ``fix``, delete bad ones and recount.
+
+        Unsafe keys (a value that is not a finite float's ``repr``, another Redis type, or
+        a key name that is not a score key) are never read as scores; ``fix`` deletes them.
+        The entry counters are compared with what the scan found (they drift when Redis
+        evicts keys or someone deletes them); ``fix`` rebuilds them.
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        try:
+            return check_namespace(
+                self._client,
+                score_prefix=self._score_prefix,
+                counters_key=self._counters_key,
+                entries_key=self._entries_key,
+                ttl_ms=self._ttl_ms,
+                fix=fix,
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+
+def _build_stats(
+    location: str,
+    counters: Mapping[str, Counter[str]],
+    entries: Mapping[str, int],
+    size: int,
+    now_ms: int,
+    oldest: int | None,
+    newest: int | None,
+) -> CacheStats:
+    def when(ms: int | None) -> datetime | None:
+        if ms is None:
+            return None
+        return datetime.fromtimestamp(min(ms, now_ms) / 1000, tz=timezone.utc)
+
+    # Redis deletes expired keys itself: nothing is ever expired-but-stored.
+    return build_stats(
+        location,
+        counters,
+        entries,
+        expired=0,
+        size=size,
+        oldest=when(oldest),
+        newest=when(newest),
+    )
+
+
+def _describe_client(client: redis.Redis) -> str:
+    """A password-free URL for a client we were handed."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    kind = getattr(pool, "connection_class", None)
+    db = kwargs.get("db", 0)
+    if isinstance(kind, type) and issubclass(kind, redis.UnixDomainSocketConnection):
+        return f"unix://{kwargs.get('path', '')}?db={db}"
+    tls = isinstance(kind, type) and issubclass(kind, redis.SSLConnection)
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"{'rediss' if tls else 'redis'}://{host}:{port}/{db}"

@@ -1,0 +1,319 @@
+"""Every SQL statement the disk store runs, on diskcache's tables and on our counters table.
+
+diskcache has no batched read or write; reading 100 keys one ``get`` at a time costs about
+7 µs a key, so :class:`~rerank_cache.stores.disk.ScoreCache` reads and writes diskcache's
+``Cache`` table directly, through diskcache's own connection and inside its transactions.
+This module is the one place that knows that table's columns (and ``Settings``'s):
+``tests/test_diskcache_schema.py`` pins them, so a diskcache release that changes them
+fails loudly. Each function takes the ``sqlite3`` connection to run on.
+
+Rows are read only when they are what :class:`~rerank_cache.stores.safedisk.SafeDisk`
+writes (``_SAFE_ROW``: a raw key and an inline float); keys are parsed only with what
+:mod:`rerank_cache.keys` says of their format.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..keys import HASH_DIGITS, KEY_PREFIX, key_range, model_of
+
+__all__ = [
+    "COUNTERS_TABLE",
+    "CREATE_COUNTERS_TABLE",
+    "add_counters",
+    "count_rows",
+    "count_scores",
+    "count_unsafe",
+    "counters_table_exists",
+    "delete_expired",
+    "delete_scores",
+    "delete_unsafe",
+    "entries",
+    "get_scores",
+    "integrity_check",
+    "live_keys",
+    "lock_and_release",
+    "read_counters",
+    "reset_count_settings",
+    "set_busy_timeout",
+    "tidy_expired",
+    "upsert_scores",
+]
+
+#: Our table of usage counters, beside diskcache's in ``cache.db``.
+COUNTERS_TABLE = "RerankCacheCounters"
+CREATE_COUNTERS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {COUNTERS_TABLE} ("
+    " model TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
+    " PRIMARY KEY (model, name))"
+)
+
+_LIVE = "(expire_time IS NULL OR expire_time > ?)"
+_SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real'"
+_CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
+# A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
+_MODEL = f"substr(key, {len(KEY_PREFIX) + 1}, length(key) - {len(KEY_PREFIX) + 1 + HASH_DIGITS})"
+# Bind KEY_PREFIX to the "?": only current-format keys have a model.
+_CURRENT = f"substr(key, 1, {len(KEY_PREFIX)}) = ?"
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _of_model(model: str | None) -> tuple[str, tuple[Any, ...]]:
+    """An ``AND ...`` to add to a ``WHERE`` (and its values): only ``model``'s keys."""
+    if model is None:
+        return "", ()
+    return f" AND {_MODEL} = ? AND {_CURRENT}", (model, KEY_PREFIX)
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def lock_and_release(con: sqlite3.Connection) -> None:
+    """Take the write lock and release it at once: returns once other writers are done."""
+    con.execute("BEGIN IMMEDIATE")
+    con.execute("ROLLBACK")
+
+
+def counters_table_exists(con: sqlite3.Connection) -> bool:
+    """Whether ``cache.db`` has our counters table (run :data:`CREATE_COUNTERS_TABLE` if not)."""
+    return bool(
+        con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (COUNTERS_TABLE,)
+        ).fetchone()
+    )
+
+
+def set_busy_timeout(con: sqlite3.Connection, seconds: float) -> None:
+    """How long a statement waits for another process's lock (0: fail at once)."""
+    con.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
+# -- scores ----------------------------------------------------------------------------------
+
+
+def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
+    """Live, safe scores of ``keys``, in one ``SELECT ... IN`` per 500 keys."""
+    found: dict[str, float] = {}
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        for key, value in con.execute(
+            f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} AND {_LIVE}",
+            (*chunk, now),
+        ):
+            if math.isfinite(value):  # SQLite stores inf as a real too
+                found[key] = value
+    return found
+
+
+def live_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
+    """Which of ``keys`` are stored and live."""
+    live: set[str] = set()
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        live.update(
+            row[0]
+            for row in con.execute(
+                f"SELECT key FROM Cache WHERE key IN ({marks}) AND raw = 1 AND {_LIVE}",
+                (*chunk, now),
+            )
+        )
+    return live
+
+
+def upsert_scores(
+    con: sqlite3.Connection, scores: Mapping[str, float], now: float, expire: float | None
+) -> None:
+    """Store scores as rows ``SafeDisk`` would write, in one statement (inside a transaction).
+
+    One UPSERT for the batch instead of ``Cache.set()`` per key (a SELECT, an INSERT or
+    UPDATE, and a cull check of three more statements, per key). ``DO UPDATE`` (not
+    ``REPLACE``) keeps diskcache's count/size triggers right.
+    """
+    con.executemany(
+        "INSERT INTO Cache (key, raw, store_time, expire_time, access_time,"
+        " access_count, tag, size, mode, filename, value)"
+        " VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
+        " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+        " expire_time = excluded.expire_time, access_time = excluded.access_time,"
+        " value = excluded.value, tag = NULL, size = 0, mode = 1, filename = NULL",
+        [(key, now, expire, now, value) for key, value in scores.items()],
+    )
+
+
+def tidy_expired(con: sqlite3.Connection, now: float, limit: int) -> None:
+    """Delete at most ``limit`` expired rows (an index range scan, cheap on every write)."""
+    con.execute(
+        "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache WHERE "
+        "expire_time IS NOT NULL AND expire_time <= ? LIMIT ?)",
+        (now, limit),
+    )
+
+
+def delete_expired(con: sqlite3.Connection, now: float, model: str | None = None) -> int:
+    """Delete every expired row (only ``model``'s, if given); return how many."""
+    where, args = _of_model(model)
+    return int(
+        con.execute(
+            "DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?" + where,
+            (now, *args),
+        ).rowcount
+    )
+
+
+def delete_scores(con: sqlite3.Connection, model: str | None = None) -> int:
+    """Delete every row, or only ``model``'s scores; return how many."""
+    if model is None:
+        return int(con.execute("DELETE FROM Cache").rowcount)
+    return int(
+        con.execute(
+            f"DELETE FROM Cache WHERE {_MODEL} = ? AND {_CURRENT}", (model, KEY_PREFIX)
+        ).rowcount
+    )
+
+
+def count_scores(
+    con: sqlite3.Connection, now: float, *, model: str | None = None, expired: bool = False
+) -> int:
+    """Count live scores (or expired ones), optionally only ``model``'s."""
+    where, args = _of_model(model)
+    live = "NOT " + _LIVE if expired else _LIVE
+    sql = f"SELECT count(*) FROM Cache WHERE raw = 1 AND {live}{where}"
+    return int(con.execute(sql, (now, *args)).fetchone()[0])
+
+
+# -- checking --------------------------------------------------------------------------------
+
+
+def integrity_check(con: sqlite3.Connection) -> str:
+    """SQLite's verdict on the file: ``"ok"``, or what is wrong."""
+    return "; ".join(row[0] for row in con.execute("PRAGMA integrity_check").fetchall())
+
+
+def count_rows(con: sqlite3.Connection) -> int:
+    """Every row of the ``Cache`` table, ours or not, live or not."""
+    return int(con.execute("SELECT count(*) FROM Cache").fetchone()[0])
+
+
+def count_unsafe(con: sqlite3.Connection) -> int:
+    """Rows that are not an inline float (never read)."""
+    return int(con.execute(f"SELECT count(*) FROM Cache WHERE NOT ({_SAFE_ROW})").fetchone()[0])
+
+
+def delete_unsafe(con: sqlite3.Connection) -> int:
+    """Delete rows that are not an inline float; return how many."""
+    return int(con.execute(f"DELETE FROM Cache WHERE NOT ({_SAFE_ROW})").rowcount)
+
+
+def reset_count_settings(con: sqlite3.Connection) -> None:
+    """Set diskcache's stored row count from the table, and its size of files to 0 (we keep
+    none), after rows were deleted behind its back."""
+    con.execute("UPDATE Settings SET value = ? WHERE key = 'count'", (count_rows(con),))
+    con.execute("UPDATE Settings SET value = 0 WHERE key = 'size'")
+
+
+# -- counters --------------------------------------------------------------------------------
+
+
+def read_counters(con: sqlite3.Connection) -> dict[str, Counter[str]]:
+    """Stored counters by model (none if the table does not exist yet)."""
+    try:
+        rows = con.execute(f"SELECT model, name, value FROM {COUNTERS_TABLE}").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    out: dict[str, Counter[str]] = {}
+    for model, name, value in rows:
+        out.setdefault(model, Counter())[name] += int(value)
+    return out
+
+
+def add_counters(con: sqlite3.Connection, counters: Mapping[str, Mapping[str, int]]) -> None:
+    """Add counters (inside the caller's transaction)."""
+    rows = [
+        (model, name, value)
+        for model, deltas in counters.items()
+        for name, value in deltas.items()
+        if value
+    ]
+    if rows:
+        con.executemany(
+            f"INSERT INTO {COUNTERS_TABLE} (model, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(model, name) DO UPDATE SET value = value + excluded.value",
+            rows,
+        )
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+def entries(
+    con: sqlite3.Connection, now: float
+) -> tuple[dict[str, int], int, float | None, float | None]:
+    """Live entries per model, expired entries, oldest and newest live store time.
+
+    No full scan on the usual path: each model's keys form one range of the ``(key, raw)``
+    index (:func:`~rerank_cache.keys.key_range`). Hop from model to model (one index seek
+    each), count each range on the covering index, and subtract the expired rows (found
+    through the ``expire_time`` index). A model name containing ``":"`` would make ranges
+    nest, so then one grouped scan is used instead.
+
+    Raises:
+        sqlite3.OperationalError: no ``Cache`` table yet.
+    """
+    totals: dict[str, int] = {}
+    low, high = key_range()
+    while row := con.execute(
+        "SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key LIMIT 1", (low, high)
+    ).fetchone():
+        key = row[0]
+        model = model_of(key)
+        if model is None:
+            low = key + "\x00"  # not a current-format key: step over it
+            continue
+        first, past = key_range(model)
+        count, nested = con.execute(
+            "SELECT count(*), total(length(key) != ?) FROM Cache "
+            "WHERE key >= ? AND key < ? AND raw = 1",
+            (len(first) + HASH_DIGITS, first, past),
+        ).fetchone()
+        if ":" in model or nested:  # another model's keys inside this range
+            totals = dict(
+                con.execute(
+                    f"SELECT {_MODEL}, count(*) FROM Cache WHERE raw = 1 AND {_CURRENT} GROUP BY 1",
+                    (KEY_PREFIX,),
+                ).fetchall()
+            )
+            break
+        totals[model] = count
+        low = past
+    dead = dict(
+        con.execute(
+            f"SELECT {_MODEL}, count(*) FROM Cache WHERE expire_time IS NOT NULL "
+            f"AND expire_time <= ? AND raw = 1 AND {_CURRENT} GROUP BY 1",
+            (now, KEY_PREFIX),
+        ).fetchall()
+    )
+    live_entries = {model: total - dead.get(model, 0) for model, total in totals.items()}
+    # "+expire_time" keeps SQLite on the store_time index: the first live row in store_time
+    # order is the oldest, the last the newest (no scan, no sort).
+    live = "(+expire_time IS NULL OR +expire_time > ?)"
+    oldest = con.execute(
+        f"SELECT store_time FROM Cache WHERE {live} ORDER BY store_time LIMIT 1", (now,)
+    ).fetchone()
+    newest = con.execute(
+        f"SELECT store_time FROM Cache WHERE {live} ORDER BY store_time DESC LIMIT 1", (now,)
+    ).fetchone()
+    return (
+        live_entries,
+        sum(dead.values()),
+        oldest[0] if oldest else None,
+        newest[0] if newest else None,
+    )

@@ -1,0 +1,145 @@
+"""What a store reports: :class:`CacheStats`, :class:`ModelStats`, :class:`CheckReport`.
+
+Every store keeps the same per-model counters (:data:`COUNTER_NAMES`) and hands them, with
+its entry counts, to :func:`build_stats`, so ``stats()`` means the same on disk and on Redis.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "COUNTER_NAMES",
+    "STATS_SCHEMA_VERSION",
+    "CacheStats",
+    "CheckReport",
+    "ModelStats",
+    "build_stats",
+]
+
+#: Version of the ``stats()`` / ``--json`` schema.
+STATS_SCHEMA_VERSION = 1
+#: The usage counters every store keeps per model (``store_errors`` under the model ``""``).
+COUNTER_NAMES = (
+    "hits",
+    "misses",
+    "api_requests",
+    "documents_sent",
+    "tokens_billed",
+    "duplicate_sends",
+    "store_errors",
+    "fallbacks",
+)
+
+
+class ModelStats(BaseModel):
+    """Per-model usage and entries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entries: int = 0
+    hits: int = 0
+    misses: int = 0
+    api_requests: int = 0
+    documents_sent: int = 0
+    tokens_billed: int = 0
+    duplicate_sends: int = 0
+    fallbacks: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over pairs looked up (0.0 when nothing was looked up)."""
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+class CacheStats(BaseModel):
+    """What the cache holds and what it saved, across every process using it.
+
+    ``hits`` and ``misses`` count (query, document) pairs looked up; ``documents_sent``
+    counts documents in successful API requests; ``duplicate_sends`` counts scores fetched
+    that another process had stored in the meantime; ``store_errors`` counts storage
+    operations that failed open.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = STATS_SCHEMA_VERSION
+    directory: str
+    entries: int
+    expired_entries: int
+    size_bytes: int
+    hits: int
+    misses: int
+    hit_rate: float
+    api_requests: int
+    documents_sent: int
+    tokens_billed: int
+    duplicate_sends: int
+    store_errors: int
+    fallbacks: int
+    oldest_entry: datetime | None
+    newest_entry: datetime | None
+    models: dict[str, ModelStats]
+
+
+class CheckReport(BaseModel):
+    """The result of a store's ``check()``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    integrity: str
+    rows: int
+    unsafe_rows: int
+    fixed: int
+    messages: list[str]
+
+
+def build_stats(
+    location: str,
+    counters: Mapping[str, Counter[str]],
+    entries: Mapping[str, int],
+    *,
+    expired: int,
+    size: int,
+    oldest: datetime | None,
+    newest: datetime | None,
+) -> CacheStats:
+    """Assemble :class:`CacheStats` from per-model counters and entry counts (any store).
+
+    Counters filed under the model ``""`` (store errors) count in the totals only.
+    """
+    models: dict[str, ModelStats] = {}
+    for model in sorted((set(counters) | set(entries)) - {""}):
+        c = counters.get(model, Counter())
+        models[model] = ModelStats(
+            entries=max(0, entries.get(model, 0)),
+            **{name: c[name] for name in ModelStats.model_fields if name != "entries"},
+        )
+    total: Counter[str] = Counter()
+    for c in counters.values():
+        total.update(c)
+    looked_up = total["hits"] + total["misses"]
+    return CacheStats(
+        directory=location,
+        entries=sum(m.entries for m in models.values()),
+        expired_entries=expired,
+        size_bytes=size,
+        hits=total["hits"],
+        misses=total["misses"],
+        hit_rate=total["hits"] / looked_up if looked_up else 0.0,
+        api_requests=total["api_requests"],
+        documents_sent=total["documents_sent"],
+        tokens_billed=total["tokens_billed"],
+        duplicate_sends=total["duplicate_sends"],
+        store_errors=total["store_errors"],
+        fallbacks=total["fallbacks"],
+        oldest_entry=oldest,
+        newest_entry=newest,
+        models=models,
+    )
