@@ -19,7 +19,7 @@ from rerank_cache import (
 from rerank_cache.testing import DashScopeServer
 from rerank_cache.warm import parse_line
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 
 def lines(n: int) -> list[str]:
