@@ -28,10 +28,14 @@ from rerank_cache.testing import DashScopeServer, score
 from .helpers import API_KEY, SleepRecorder, cached, make_docs, run_threads
 
 
-def planned_batches(r: CachedReRanker, docs: list[Doc]) -> tuple[tuple[str, ...], list[list[int]]]:
-    """The texts a rerank of ``docs`` scores, and the groups of them it sends as requests."""
+def planned(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, docs: list[Doc], workers: int
+) -> tuple[CachedReRanker, tuple[str, ...], list[list[int]]]:
+    """A cached reranker sending up to ``workers`` requests at once, the texts a rerank of
+    ``docs`` scores, and the groups of them it sends as requests."""
+    r = cached(make_reranker, cache, max_concurrency=workers)
     texts = r.prepare([docs]).texts
-    return texts, plan_batches(r.query, texts, r.reranker.limits)
+    return r, texts, plan_batches(r.query, texts, r.reranker.limits)
 
 
 def test_results_identical_to_uncached(
@@ -67,8 +71,7 @@ def test_partial_failure_keeps_completed_requests(
 ) -> None:
     """When request 3 of 4 fails, the scores of the requests that succeeded are kept."""
     docs = make_docs(1600, chars=400, seed=7)
-    r = cached(make_reranker, cache, max_concurrency=1)
-    texts, groups = planned_batches(r, docs)
+    r, texts, groups = planned(make_reranker, cache, docs, workers=1)
     assert len(groups) >= 4
     poison = texts[groups[2][0]]
     server.fail_next(400, match=poison)
@@ -85,9 +88,7 @@ def test_each_request_is_stored_as_it_completes(
     make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, server: DashScopeServer
 ) -> None:
     """A fast request's scores are stored while a slow one is still in flight."""
-    docs = make_docs(450, chars=400, seed=21)
-    r = cached(make_reranker, cache, max_concurrency=3)
-    texts, groups = planned_batches(r, docs)
+    r, texts, groups = planned(make_reranker, cache, make_docs(450, chars=400, seed=21), workers=3)
     assert len(groups) == 3
     slow_text = texts[groups[0][0]]
     server.delay_next(1.0, match=slow_text)
