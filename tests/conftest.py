@@ -1,4 +1,5 @@
-"""Shared fixtures: a local DashScope server, rerankers pointed at it, caches in tmp dirs."""
+"""Shared fixtures: a local DashScope server, rerankers pointed at it, caches in tmp dirs,
+a private redis-server (helpers that are not fixtures live in ``helpers.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from rerank_cache import QwenReRanker, RetryPolicy, ScoreCache
 from rerank_cache.testing import DashScopeServer
 
-API_KEY = "sk-test-0123456789abcdef"
+from .helpers import API_KEY, QUERY, SleepRecorder
+from .redis_fixture import redis_server  # noqa: F401 - a session fixture, found by name
 
 
 @pytest.fixture(autouse=True)
@@ -34,16 +36,6 @@ def server() -> Iterator[DashScopeServer]:
         yield srv
 
 
-class SleepRecorder:
-    """Records the waits a RetryPolicy asks for instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 @pytest.fixture
 def sleeps() -> SleepRecorder:
     """A sleep recorder for RetryPolicy(sleep=...)."""
@@ -54,7 +46,7 @@ def sleeps() -> SleepRecorder:
 def make_reranker(server: DashScopeServer, sleeps: SleepRecorder) -> Callable[..., QwenReRanker]:
     """Build a QwenReRanker pointed at the local server (retries do not really sleep)."""
 
-    def make(query: str = "vector database cache", **kwargs: Any) -> QwenReRanker:
+    def make(query: str = QUERY, **kwargs: Any) -> QwenReRanker:
         kwargs.setdefault("rerank_field", "content")
         kwargs.setdefault("api_key", API_KEY)
         kwargs.setdefault("base_url", server.base_url)

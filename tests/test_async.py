@@ -24,8 +24,7 @@ from rerank_cache import (
 from rerank_cache.keys import KeyBuilder
 from rerank_cache.testing import DashScopeServer, score
 
-from .conftest import API_KEY
-from .test_reranker import make_docs
+from .helpers import API_KEY, make_docs, reranker_at
 
 pytestmark = pytest.mark.asyncio
 
@@ -139,7 +138,7 @@ async def test_async_timeout_is_retried(
 async def test_async_401_never_shows_key(server: DashScopeServer) -> None:
     """An async 401 is an AuthenticationError without the key."""
     with DashScopeServer(api_keys=["sk-right"]) as strict:
-        r = QwenReRanker("q", rerank_field="content", api_key=API_KEY, base_url=strict.base_url)
+        r = reranker_at(strict.base_url, "q")
         with pytest.raises(AuthenticationError) as info:
             await r.arerank([make_docs(2)])
     assert API_KEY not in str(info.value) + repr(info.value)

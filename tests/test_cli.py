@@ -26,23 +26,7 @@ from rerank_cache import CachedReRanker, Doc, LineWarmed, QwenReRanker, ScoreCac
 from rerank_cache.cli import WarmProgress, main
 from rerank_cache.testing import DashScopeServer
 
-from .conftest import API_KEY
-from .test_reranker import WORDS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def log_lines(n: int, *, docs: int = 8, model: str | None = None) -> list[str]:
-    lines = []
-    for i in range(n):
-        obj: dict[str, object] = {
-            "query": f"query {i % 4}",
-            "documents": [f"{WORDS[(i + j) % len(WORDS)]} doc {i}-{j}" for j in range(docs)],
-        }
-        if model:
-            obj["model"] = model
-        lines.append(json.dumps(obj))
-    return lines
+from .helpers import API_KEY, ROOT, log_lines, run_python, write_log
 
 
 @pytest.fixture
@@ -56,16 +40,8 @@ def env(monkeypatch: pytest.MonkeyPatch, server: DashScopeServer, tmp_path: Path
 def run_cli(
     *args: str, env_extra: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "rerank_cache", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=stdin,
-        env=environ,
-        check=False,
-        cwd=ROOT,
+    return run_python(
+        "-m", "rerank_cache", *args, env={**os.environ, **(env_extra or {})}, stdin=stdin
     )
 
 
@@ -73,8 +49,7 @@ def test_warm_then_rerank_sends_nothing(
     env: Path, tmp_path: Path, server: DashScopeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """After warm, reranking the same queries and texts is served from the cache."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(12)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(12))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     out = capsys.readouterr().out
     assert "scored                  96" in out
@@ -93,8 +68,7 @@ def test_second_warm_sends_nothing(
     env: Path, tmp_path: Path, server: DashScopeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Warming the same file twice sends nothing the second time."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(10)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(10))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     requests = server.stats.requests
     capsys.readouterr()
@@ -111,8 +85,7 @@ def test_bad_line_7_stops_and_keeps_lines_1_to_6(
     """A malformed line 7 exits 1 naming line 7; lines 1-6 stay warmed."""
     lines = log_lines(10)
     lines[6] = '{"query": "broken", "documents": "not a list"}'
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(lines) + "\n")
+    log = write_log(tmp_path / "log.jsonl", lines)
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 1
     err = capsys.readouterr().err
     assert "line 7" in err
@@ -121,7 +94,7 @@ def test_bad_line_7_stops_and_keeps_lines_1_to_6(
     assert server.stats.documents == 6 * 8
     # Re-running lines 1-6 finds everything cached.
     server.reset_stats()
-    log.write_text("\n".join(lines[:6]) + "\n")
+    write_log(log, lines[:6])
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     assert server.stats.requests == 0
 
@@ -133,8 +106,7 @@ def test_skip_invalid_reports_and_continues(
     lines = log_lines(5)
     lines.insert(2, "{not json")
     lines.insert(4, json.dumps({"query": "", "documents": []}))
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(lines) + "\n")
+    log = write_log(tmp_path / "log.jsonl", lines)
     assert main(["--cache-dir", str(env), "warm", str(log), "--skip-invalid", "--json"]) == 0
     captured = capsys.readouterr()
     assert "skipped line 3: not valid JSON" in captured.err
@@ -147,8 +119,7 @@ def test_dry_run_sends_nothing_and_estimates(
     env: Path, tmp_path: Path, server: DashScopeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--dry-run sends nothing and reports pairs to send, tokens and cost."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(6)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(6))
     assert main(["--cache-dir", str(env), "warm", str(log), "--dry-run", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert server.stats.requests == 0
@@ -162,8 +133,7 @@ def test_stats_match_server_counts(
     env: Path, tmp_path: Path, server: DashScopeServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """stats --json totals equal what the local server counted."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(9) + log_lines(3, model="qwen3-rerank")) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(9) + log_lines(3, model="qwen3-rerank"))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     capsys.readouterr()
@@ -187,8 +157,7 @@ def test_stats_match_server_counts(
 
 def test_stats_is_read_only(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """stats changes nothing: no diskcache setting, no row, no file."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(3)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(3))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     db = env / "cache.db"
     con = sqlite3.connect(db)
@@ -238,8 +207,7 @@ def test_clear_model_removes_only_that_model(
     env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """clear --model removes that model's entries and no others."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(4) + log_lines(2, model="qwen3-rerank")) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(4) + log_lines(2, model="qwen3-rerank"))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     capsys.readouterr()
     assert main(["--cache-dir", str(env), "clear", "--model", "qwen3-rerank", "--yes"]) == 0
@@ -252,8 +220,7 @@ def test_clear_model_removes_only_that_model(
 
 def test_clear_asks_for_confirmation(env: Path, tmp_path: Path) -> None:
     """Without --yes, clear asks; a non-interactive stdin is refused with a clear line."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(2)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(2))
     assert main(["--cache-dir", str(env), "warm", str(log)]) == 0
     proc = run_cli("--cache-dir", str(env), "clear", stdin="")
     assert proc.returncode == 1
@@ -347,24 +314,17 @@ def test_user_mistakes_give_one_line(env: Path, args: list[str], message: str) -
 
 def test_no_api_key(tmp_path: Path) -> None:
     """warm without a key says how to set one; --dry-run needs none."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(1)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(1))
     environ = {k: v for k, v in os.environ.items() if k != "DASHSCOPE_API_KEY"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rerank_cache",
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "warm",
-            str(log),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        "-m",
+        "rerank_cache",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "warm",
+        str(log),
         env=environ,
         timeout=60,
-        check=False,
     )
     assert proc.returncode == 1
     assert "DASHSCOPE_API_KEY" in proc.stderr
@@ -439,8 +399,7 @@ def test_object_documents_use_field(
 
 def test_max_rpm_spaces_requests(env: Path, tmp_path: Path, server: DashScopeServer) -> None:
     """--max-rpm is accepted and the run completes within it (spacing is unit-tested)."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(2)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(2))
     assert main(["--cache-dir", str(env), "warm", str(log), "--max-rpm", "6000"]) == 0
     assert server.stats.requests == 2
 
@@ -449,35 +408,16 @@ def test_warm_cache_script_matches_the_cli(
     env: Path, tmp_path: Path, server: DashScopeServer
 ) -> None:
     """scripts/warm_cache.py warms like `rerank-cache warm`, options in any order."""
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(5)) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(5))
     script = ROOT / "scripts" / "warm_cache.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), str(log), "--cache-dir", str(env), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_python(str(script), str(log), "--cache-dir", str(env), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["scored"] == 40
-    proc = subprocess.run(
-        [sys.executable, str(script), f"--cache-dir={env}", str(log)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_python(str(script), f"--cache-dir={env}", str(log))
     assert proc.returncode == 0, proc.stderr
     assert "already cached          40" in proc.stdout
     assert server.stats.documents == 40
-    bad = subprocess.run(
-        [sys.executable, str(script), "--cache-dir", str(env), "missing.jsonl"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = run_python(str(script), "--cache-dir", str(env), "missing.jsonl")
     assert bad.returncode == 1
     assert "no such file" in bad.stderr
 

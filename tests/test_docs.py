@@ -52,7 +52,7 @@ from rerank_cache import CachedReRanker, ScoreStore
 from rerank_cache.cli import main as cli_main
 from rerank_cache.testing import DashScopeServer
 
-from .redis_fixture import RedisServer, redis_server  # noqa: F401 - fixture used by name
+from .redis_fixture import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -32,17 +32,7 @@ from rerank_cache import (
 )
 from rerank_cache.testing import DashScopeServer, score
 
-from .conftest import API_KEY, SleepRecorder
-from .test_reranker import make_docs
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def cached(
-    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, **kwargs: Any
-) -> CachedReRanker:
-    return CachedReRanker(make_reranker(**kwargs), cache)
-
+from .helpers import SRC, SleepRecorder, cached, make_docs, reranker_at, run_threads
 
 # -- fault injection ---------------------------------------------------------------------
 
@@ -200,7 +190,7 @@ def test_sigkill_mid_write_leaves_a_working_cache(tmp_path: Path) -> None:
         proc.stdout.close()
     with ScoreCache(directory, recover=False) as store:
         assert store.check().ok
-        from rerank_cache.keys import score_key
+        from rerank_cache import score_key
 
         assert store.get_many([score_key("m", None, "q", "doc 0 0")])
         assert store.stats().entries >= 1500
@@ -211,30 +201,16 @@ def test_writers_with_short_lock_timeouts_never_raise(
 ) -> None:
     """Several threads writing with tiny lock timeouts: no exception reaches a caller."""
     directory = tmp_path / "contended"
-    errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def work(n: int) -> None:
-        try:
-            with ScoreCache(directory, timeout=0.001) as store:
-                r = CachedReRanker(
-                    QwenReRanker(
-                        f"q{n}", rerank_field="content", api_key=API_KEY, base_url=server.base_url
-                    ),
-                    store,
-                )
-                barrier.wait(timeout=10)
-                for i in range(15):
-                    assert len(r.with_query(f"q{n} {i}").rerank([make_docs(30, seed=i)], 30)) == 30
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with ScoreCache(directory, timeout=0.001) as store:
+            r = CachedReRanker(reranker_at(server.base_url, f"q{n}"), store)
+            barrier.wait(timeout=10)
+            for i in range(15):
+                assert len(r.with_query(f"q{n} {i}").rerank([make_docs(30, seed=i)], 30)) == 30
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
+    assert run_threads(4, work, timeout=120) == []
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -266,9 +242,7 @@ def test_any_input_gets_a_defined_result(lists: list[list[Doc]], as_dict: bool) 
     """Odd field values, None or repeated ids, empty lists: a result or a clear error,
     never a request DashScope would reject."""
     with DashScopeServer() as srv:
-        r = QwenReRanker(
-            "query text", rerank_field="content", api_key=API_KEY, base_url=srv.base_url, topn=50
-        )
+        r = reranker_at(srv.base_url, "query text", topn=50)
         given_input: Any = {f"v{i}": docs for i, docs in enumerate(lists)} if as_dict else lists
         try:
             out = r.rerank(given_input)
@@ -329,11 +303,10 @@ def test_api_key_never_leaks(
     directory = tmp_path / "secret-cache"
     with caplog.at_level(logging.DEBUG), ScoreCache(directory) as store:
         r = CachedReRanker(
-            QwenReRanker(
+            reranker_at(
+                server.base_url,
                 "q",
-                rerank_field="content",
                 api_key=secret,
-                base_url=server.base_url,
                 retry=RetryPolicy(sleep=sleeps, max_attempts=2),
             ),
             store,
@@ -351,9 +324,7 @@ def test_api_key_never_leaks(
                 r.with_query(f"fresh {len(messages)}").rerank([make_docs(3)])
             messages += [str(info.value), repr(info.value), repr(info.value.__cause__)]
         with DashScopeServer(api_keys=["sk-other"]) as strict:
-            bad = QwenReRanker(
-                "q", rerank_field="content", api_key=secret, base_url=strict.base_url
-            )
+            bad = reranker_at(strict.base_url, "q", api_key=secret)
             with pytest.raises(APIError) as info:
                 bad.rerank([make_docs(2)])
             messages += [str(info.value), repr(info.value), repr(bad)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,46 +23,9 @@ from rerank_cache import (
     TransportError,
 )
 from rerank_cache.planning import estimate_tokens
-from rerank_cache.testing import DashScopeServer, count_tokens, score
+from rerank_cache.testing import MALFORM_KINDS, DashScopeServer, count_tokens, score
 
-from .conftest import API_KEY, SleepRecorder
-
-WORDS = [
-    "vector",
-    "database",
-    "cache",
-    "rerank",
-    "query",
-    "token",
-    "search",
-    "index",
-    "cosine",
-    "latency",
-    "python",
-    "garden",
-    "tomato",
-    "bicycle",
-    "planet",
-    "orbit",
-    "melody",
-    "chord",
-    "river",
-    "mountain",
-    "bread",
-    "oven",
-]
-
-
-def make_docs(n: int, *, chars: int = 60, seed: int = 0, field: str = "content") -> list[Doc]:
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        words: list[str] = []
-        while sum(len(w) + 1 for w in words) < chars:
-            words.append(rng.choice(WORDS))
-        docs.append(Doc(f"d{i}", score=1.0 - i / (n + 1), fields={field: " ".join(words)}))
-    return docs
-
+from .helpers import API_KEY, SleepRecorder, make_docs, run_threads
 
 # -- construction ------------------------------------------------------------------------
 
@@ -456,17 +418,7 @@ def test_timeouts_exhaust_into_request_timeout_error(
         r.rerank([make_docs(2)])
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "missing_output",
-        "index_out_of_range",
-        "missing_score",
-        "nan_score",
-        "fewer_results",
-        "not_json",
-    ],
-)
+@pytest.mark.parametrize("kind", sorted(MALFORM_KINDS))
 def test_malformed_200_is_malformed_response_error(
     make_reranker: Callable[..., QwenReRanker], server: DashScopeServer, kind: str
 ) -> None:
@@ -500,22 +452,13 @@ def test_two_keys_two_threads_each_send_their_own(server: DashScopeServer) -> No
         for k in keys
     ]
     barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def work(r: QwenReRanker) -> None:
-        try:
-            barrier.wait(timeout=5)
-            for _ in range(5):
-                r.rerank([make_docs(5)])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def work(i: int) -> None:
+        barrier.wait(timeout=5)
+        for _ in range(5):
+            rerankers[i].rerank([make_docs(5)])
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in rerankers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not errors
+    assert not run_threads(2, work)
     fingerprints = {hashlib.sha256(k.encode()).hexdigest()[:8]: k for k in keys}
     seen: dict[str, set[str]] = {}
     for req in server.requests_log:

@@ -1,20 +1,24 @@
 """One contract, two stores: every ScoreStore behaviour, on disk and on a real Redis.
 
 The ``kit`` fixture is parametrized over ``disk`` (:class:`ScoreCache` in a tmp dir) and
-``redis`` (:class:`RedisScoreCache` on a private redis-server, one namespace per test); the
-tests below the contract cover what only Redis has (namespaces, a Redis that dies, strict
-parsing, the ``--cache-url`` details).
+``redis`` (:class:`RedisScoreCache` on a private redis-server, one namespace per test); a
+contract test the Redis store cannot honour is marked ``disk_only`` with the reason. The tests
+below the contract cover what only Redis has (namespaces, a Redis that dies, strict parsing,
+the ``--cache-url`` details); what only the disk store has (SafeDisk, directory checks, file
+damage, processes sharing one file) is in ``test_disk_store.py``, and the caching layer
+itself in ``test_cached.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import sqlite3
-import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,12 +42,19 @@ from rerank_cache import (
 from rerank_cache.cli import main
 from rerank_cache.testing import DashScopeServer, score
 
-from .conftest import API_KEY
-from .redis_fixture import RedisServer, free_port, redis_server  # noqa: F401 (fixture)
-from .test_cli import log_lines
-from .test_reranker import make_docs
+from .helpers import (
+    API_KEY,
+    SRC,
+    cached,
+    log_lines,
+    make_docs,
+    plant_row,
+    run_python,
+    write_lock_held,
+    write_log,
+)
+from .redis_fixture import RedisServer, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gte-rerank-v2"
 Advance = Callable[[float], None]
 
@@ -65,10 +76,17 @@ class DiskKit:
     """Makes ScoreCaches in one directory, and does to them what the tests need."""
 
     kind = "disk"
+    keeps_expired = True
+    """Expired rows stay in the file until a write or expire() deletes them."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.directory = tmp_path / "scores"
         self.tmp_path = tmp_path
+
+    @property
+    def url(self) -> str:
+        """What ScoreCache.from_url opens this store by."""
+        return str(self.directory)
 
     def make(self, **kwargs: Any) -> ScoreStore:
         return ScoreCache(self.directory, **kwargs)
@@ -76,16 +94,8 @@ class DiskKit:
     def cli_args(self) -> list[str]:
         return ["--cache-dir", str(self.directory)]
 
-    def plant(self, store_key: str, value: str | bytes) -> None:
-        con = sqlite3.connect(self.directory / "cache.db")
-        with con:
-            con.execute(
-                "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, "
-                "access_count, tag, size, mode, filename, value) "
-                "VALUES (?, 1, 0, NULL, 0, 0, NULL, 0, 1, NULL, ?)",
-                (store_key, value),
-            )
-        con.close()
+    def plant(self, store_key: str, value: str | bytes | int) -> None:
+        plant_row(self.directory, store_key, value=value)
 
     def remaining_ttl(self, store_key: str) -> float | None:
         con = sqlite3.connect(self.directory / "cache.db")
@@ -105,13 +115,8 @@ class DiskKit:
         """A store whose writes fail: another process holds the write lock."""
         self.make().close()
         with ScoreCache(self.directory, timeout=0.05) as store:
-            blocker = sqlite3.connect(self.directory / "cache.db", timeout=0)
-            blocker.execute("BEGIN IMMEDIATE")
-            try:
+            with write_lock_held(self.directory):
                 yield store
-            finally:
-                blocker.rollback()
-                blocker.close()
             store.flush_stats()
 
     def reopen_unreachable(self) -> ScoreStore:
@@ -122,6 +127,8 @@ class RedisKit:
     """Makes RedisScoreCaches in a fresh namespace of the session's redis-server."""
 
     kind = "redis"
+    keeps_expired = False
+    """Redis deletes expired keys itself: nothing expired is left to count or delete."""
 
     def __init__(self, server: RedisServer, tmp_path: Path) -> None:
         self.server = server
@@ -130,14 +137,19 @@ class RedisKit:
         self.extra: list[RedisServer] = []
         self.dead_port = 0
 
+    @property
+    def url(self) -> str:
+        """What ScoreCache.from_url opens this store by."""
+        return f"{self.server.url}?namespace={self.namespace}"
+
     def make(self, **kwargs: Any) -> ScoreStore:
         kwargs.setdefault("namespace", self.namespace)
         return RedisScoreCache(self.server.url, **kwargs)
 
     def cli_args(self) -> list[str]:
-        return ["--cache-url", f"{self.server.url}?namespace={self.namespace}"]
+        return ["--cache-url", self.url]
 
-    def plant(self, store_key: str, value: str | bytes) -> None:
+    def plant(self, store_key: str, value: str | bytes | int) -> None:
         with self.server.client() as client:
             client.set(f"{self.namespace}:s:{store_key}", value)
 
@@ -190,7 +202,14 @@ Kit = DiskKit | RedisKit
 
 @pytest.fixture(params=["disk", "redis"])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kit]:
-    """Both stores: a disk directory, or a namespace on the session's redis-server."""
+    """Both stores: a disk directory, or a namespace on the session's redis-server.
+
+    A test marked ``@pytest.mark.disk_only("reason")`` pins behaviour the Redis store cannot
+    honour; its Redis case is skipped with that reason.
+    """
+    disk_only = request.node.get_closest_marker("disk_only")
+    if request.param == "redis" and disk_only is not None:
+        pytest.skip(f"disk store only: {disk_only.args[0]}")
     if request.param == "disk":
         yield DiskKit(tmp_path)
         return
@@ -350,38 +369,44 @@ def test_clear_one_model_then_everything(store: ScoreStore) -> None:
 
 
 def test_check_finds_and_fixes_planted_garbage(kit: Kit, store: ScoreStore) -> None:
-    """Values that are not floats of ours read as misses; check reports them, fix removes them."""
+    """Values that are not floats of ours (text, a blob, an integer) read as misses; check
+    reports them, fix removes them."""
     store.put_many({key(0): 0.5}, model=MODEL)
-    for i, value in enumerate(["0.90", "not a score", "nan"], start=1):
+    for i, value in enumerate(["0.90", "not a score", "nan", b"\x80\x04", 7], start=1):
         kit.plant(key(i), value)
-    assert store.get_many([key(i) for i in range(4)]) == {key(0): 0.5}
+    assert store.get_many([key(i) for i in range(6)]) == {key(0): 0.5}
     report = store.check()
-    assert (report.ok, report.unsafe_rows, report.rows) == (False, 3, 4)
+    assert (report.ok, report.unsafe_rows, report.rows) == (False, 5, 6)
     fixed = store.check(fix=True)
-    assert (fixed.ok, fixed.fixed) == (True, 3)
+    assert (fixed.ok, fixed.fixed) == (True, 5)
     again = store.check()
     assert (again.ok, again.unsafe_rows, again.rows) == (True, 0, 1)
     assert store.get_many([key(0)]) == {key(0): 0.5}
 
 
 def test_cached_reranker_sends_only_misses(
-    store: ScoreStore, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+    kit: Kit, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
 ) -> None:
-    """End to end: a repeat sends nothing, an overlap sends only the new texts."""
-    r = CachedReRanker(make_reranker(), store)
-    docs = make_docs(30, seed=4)
-    first = r.rerank([docs[:20]], 20)
-    again = r.rerank([docs[:20]], 20)
-    assert server.stats.documents == 20
-    assert [(d.id, d.score) for d in first] == [(d.id, d.score) for d in again]
-    assert all(d.score == score(r.query, d.field("content")) for d in again)
-    server.reset_stats()
-    r.rerank([docs[10:30]])
-    (request,) = server.requests_log
-    assert sorted(request.documents) == sorted(d.field("content") for d in docs[20:30])
-    stats = store.stats()
-    assert (stats.entries, stats.hits, stats.misses) == (30, 30, 30)
-    assert (stats.api_requests, stats.documents_sent) == (2, 30)
+    """End to end: a repeat sends nothing (the same floats, bit for bit), an overlap sends
+    only the new texts; the counts persist for the next instance."""
+    with kit.make() as store:
+        r = CachedReRanker(make_reranker(), store)
+        docs = make_docs(30, seed=4)
+        first = r.rerank([docs[:20]], 20)
+        again = r.rerank([docs[:20]], 20)
+        assert server.stats.documents == 20
+        assert [(d.id, d.score) for d in first] == [(d.id, d.score) for d in again]
+        assert all(d.score == score(r.query, d.field("content")) for d in again)
+        server.reset_stats()
+        r.rerank([docs[10:30]])
+        (request,) = server.requests_log
+        assert sorted(request.documents) == sorted(d.field("content") for d in docs[20:30])
+        live = store.stats()
+    with kit.make() as later:
+        stored = later.stats()
+    for stats in (live, stored):
+        assert (stats.entries, stats.hits, stats.misses) == (30, 30, 30)
+        assert (stats.api_requests, stats.documents_sent) == (2, 30)
 
 
 def test_unreachable_store_fails_open(
@@ -400,8 +425,100 @@ def test_unreachable_store_fails_open(
     with kit.reopen_unreachable() as later:
         stats = later.stats()
     assert stats.store_errors >= 1
+    assert "" not in stats.models  # errors count in the totals, not under a nameless model
     assert stats.entries == 0
     assert (stats.api_requests, stats.documents_sent) == (1, 4)  # usage survived
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan"), "1h"])
+def test_bad_ttl_rejected(kit: Kit, ttl: object) -> None:
+    """A TTL that is not a positive duration is a clear ValueError."""
+    with pytest.raises(ValueError, match="ttl"):
+        kit.make(ttl=ttl)
+
+
+def test_expired_scores_are_fetched_again(
+    kit: Kit, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """Through a cached reranker: a hit just before the TTL, a miss fetched again after it."""
+    docs = make_docs(5)
+    with kit.clock() as advance, kit.make(ttl=timedelta(hours=1)) as s:
+        r = CachedReRanker(make_reranker(), s)
+        r.rerank([docs])
+        advance(59 * 60)
+        r.rerank([docs])
+        assert server.stats.requests == 1
+        advance(2 * 60)
+        assert s.stats().expired_entries == (5 if kit.keeps_expired else 0)
+        r.rerank([docs])
+        assert server.stats.requests == 2
+        assert s.stats().entries == 5
+
+
+@pytest.mark.disk_only("Redis deletes expired keys itself, so expire(now=...) has none to delete")
+def test_expire_deletes_what_has_expired_by_then(store: ScoreStore) -> None:
+    """expire() deletes only expired scores; expire(now=...) those expired by that time."""
+    store.put_many({key(i): 0.5 for i in range(6)}, model=MODEL)
+    assert store.expire() == 0
+    assert store.count() == 6
+    assert store.expire(now=1e12) == 6
+    assert store.clear() == 0
+
+
+def test_stats_match_server(
+    store: ScoreStore, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """Hits, misses, requests, documents and tokens match what the server counted."""
+    r = cached(make_reranker, store)
+    docs = make_docs(700, chars=300, seed=11)
+    r.rerank([docs[:600]])
+    r.rerank([docs[300:700]])
+    r.with_query("other query").rerank([docs[:10]])
+    stats = store.stats()
+    srv = server.stats
+    assert stats.api_requests == srv.ok_requests
+    assert stats.documents_sent == srv.documents
+    assert stats.tokens_billed == srv.tokens
+    assert stats.misses == srv.documents == 600 + 100 + 10
+    assert stats.hits == 300
+    assert stats.hit_rate == pytest.approx(300 / 1010)
+    assert stats.entries == 710
+    model = stats.models["gte-rerank-v2"]
+    assert (model.entries, model.hits, model.tokens_billed) == (710, 300, srv.tokens)
+
+
+def test_stats_count_models_whose_names_nest(store: ScoreStore) -> None:
+    """Per-model entries stay exact when one model name is a prefix of another."""
+    for model, n in (("a", 3), ("a:b", 5), ("ab", 2), ("b", 4)):
+        store.put_many({score_key(model, None, "q", f"d{i}"): 0.5 for i in range(n)}, model=model)
+    stats = store.stats()
+    assert {m: s.entries for m, s in stats.models.items()} == {"a": 3, "a:b": 5, "ab": 2, "b": 4}
+    assert stats.entries == 14
+
+
+def test_scores_survive_into_a_new_process(
+    kit: Kit, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """Scores written by one process are hits in another that opens the store by URL."""
+    with kit.make() as s:
+        CachedReRanker(make_reranker(), s).rerank([make_docs(20)])
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {SRC!r})
+        from rerank_cache import CachedReRanker, QwenReRanker, ScoreCache
+        from tests.helpers import make_docs
+        with ScoreCache.from_url({kit.url!r}) as store:
+            r = CachedReRanker(QwenReRanker("vector database cache", rerank_field="content",
+                api_key={API_KEY!r}, base_url={server.base_url!r}), store)
+            out = r.rerank([make_docs(20)], 20)
+            print(json.dumps([[d.id, d.score] for d in out]))
+    """)
+    proc = run_python("-c", code, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert server.stats.requests == 1
+    ids_scores = json.loads(proc.stdout)
+    assert len(ids_scores) == 20
+    assert ids_scores[0][1] == max(s for _, s in ids_scores)
 
 
 def test_cli_warm_stats_clear(
@@ -412,12 +529,9 @@ def test_cli_warm_stats_clear(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """warm, stats and clear work the same with --cache-dir and --cache-url."""
-    import json
-
     monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
     monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", server.base_url)
-    log = tmp_path / "log.jsonl"
-    log.write_text("\n".join(log_lines(4) + log_lines(2, model="qwen3-rerank")) + "\n")
+    log = write_log(tmp_path / "log.jsonl", log_lines(4) + log_lines(2, model="qwen3-rerank"))
     where = kit.cli_args()
     assert main([*where, "warm", str(log)]) == 0
     assert main([*where, "warm", str(log)]) == 0
@@ -452,7 +566,7 @@ def test_from_url_file_and_plain_path(tmp_path: Path) -> None:
         assert (b.directory, b.ttl) == (tmp_path / "b", 60)
 
 
-def test_from_url_redis(redis_server: RedisServer) -> None:  # noqa: F811
+def test_from_url_redis(redis_server: RedisServer) -> None:
     """redis:// URLs open a RedisScoreCache; ?namespace= picks the namespace."""
     store = ScoreCache.from_url(f"{redis_server.url}?namespace=app-1", ttl=60)
     try:
@@ -489,7 +603,7 @@ def ns() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-def test_namespaces_isolate_applications(redis_server: RedisServer) -> None:  # noqa: F811
+def test_namespaces_isolate_applications(redis_server: RedisServer) -> None:
     """Two namespaces on one Redis share nothing: scores, counters, clear, check."""
     with (
         RedisScoreCache(redis_server.url, namespace="app-a") as a,
@@ -509,7 +623,7 @@ def test_namespaces_isolate_applications(redis_server: RedisServer) -> None:  # 
         assert b.stats().api_requests == before_b.api_requests
 
 
-def test_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+def test_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:
     """Only the exact repr of a finite float is a score: anything else is a miss."""
     planted = ["0.50", " 0.5", "0.5\n", "5e-1", "nan", "inf", "0x1p-1", "1_0", "", "\x80\xff"]
     with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
@@ -521,7 +635,7 @@ def test_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:
 
 
 def test_other_redis_types_and_foreign_keys_are_unsafe(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     ns: str,
 ) -> None:
     """A hash under a score key, or a key name not of ours, is reported and removed."""
@@ -539,7 +653,7 @@ def test_other_redis_types_and_foreign_keys_are_unsafe(
 
 
 def test_scores_are_plain_strings_with_redis_ttl(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     ns: str,
 ) -> None:
     """What is stored: the repr of the float under '{ns}:s:{key}', with PX set by Redis."""
@@ -554,7 +668,7 @@ def test_scores_are_plain_strings_with_redis_ttl(
 
 
 def test_check_recounts_after_keys_vanish(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     ns: str,
 ) -> None:
     """Keys deleted behind our back (eviction) are reported, and check --fix recounts."""
@@ -571,7 +685,7 @@ def test_check_recounts_after_keys_vanish(
         assert stats.oldest_entry is not None
 
 
-def test_stats_never_write(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+def test_stats_never_write(redis_server: RedisServer, ns: str) -> None:
     """stats() and `rerank-cache stats` change nothing in Redis."""
     with RedisScoreCache(redis_server.url, namespace=ns) as s:
         s.put_many({key(1): 0.5}, model=MODEL, api_requests=1)
@@ -669,13 +783,13 @@ def test_repr_and_messages_hide_the_password() -> None:
         with pytest.raises(CacheError) as info:
             s.stats()
         assert "hunter2" not in str(info.value)
-    proc = subprocess.run(
-        [sys.executable, "-m", "rerank_cache", "--cache-url", url, "stats"],
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        "-m",
+        "rerank_cache",
+        "--cache-url",
+        url,
+        "stats",
         timeout=60,
-        check=False,
-        cwd=ROOT,
         env={k: v for k, v in os.environ.items() if k != "RERANK_CACHE_URL"},
     )
     assert proc.returncode == 1
@@ -699,7 +813,7 @@ def test_cli_unreachable_redis_is_one_line(
 
 
 def test_cli_url_from_env_and_flags(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     ns: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -722,7 +836,7 @@ def test_cli_url_from_env_and_flags(
 
 
 def test_cli_check_fix_on_redis(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     ns: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -751,7 +865,7 @@ def test_two_namespaces_for_one_store_are_refused() -> None:
         RedisScoreCache("redis://127.0.0.1:1/0?namespace=a", namespace="b")
 
 
-def test_check_repairs_counter_hashes(redis_server: RedisServer, ns: str) -> None:  # noqa: F811
+def test_check_repairs_counter_hashes(redis_server: RedisServer, ns: str) -> None:
     """A counters key of another type, or malformed fields, are reported and repaired."""
     with redis_server.client() as client, RedisScoreCache(redis_server.url, namespace=ns) as s:
         s.put_many({key(1): 0.5}, model=MODEL, api_requests=1)

@@ -19,7 +19,7 @@ from rerank_cache import (
 from rerank_cache.testing import DashScopeServer
 from rerank_cache.warm import parse_line
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 
 def lines(n: int) -> list[str]:
@@ -61,12 +61,9 @@ def test_parse_line_prepares_texts_like_the_reranker() -> None:
     assert parse_line("   \n", 2) is None
 
 
-def test_warm_events_and_summary(server: DashScopeServer, tmp_path: Path) -> None:
+def test_warm_events_and_summary(server: DashScopeServer, cache: ScoreCache) -> None:
     """warm yields one event per line and a summary that matches the server."""
-    with ScoreCache(tmp_path / "c") as cache:
-        events = list(
-            warm(lines(7), cache, api_key=API_KEY, base_url=server.base_url, concurrency=2)
-        )
+    events = list(warm(lines(7), cache, api_key=API_KEY, base_url=server.base_url, concurrency=2))
     warmed = [e for e in events if isinstance(e, LineWarmed)]
     summary = events[-1]
     assert isinstance(summary, WarmSummary)
@@ -76,19 +73,16 @@ def test_warm_events_and_summary(server: DashScopeServer, tmp_path: Path) -> Non
     assert server.stats.max_in_flight <= 2
 
 
-def test_warm_skip_invalid_yields_skips(server: DashScopeServer, tmp_path: Path) -> None:
+def test_warm_skip_invalid_yields_skips(server: DashScopeServer, cache: ScoreCache) -> None:
     """With skip_invalid, bad lines become LineSkipped events."""
     source = [*lines(2), "nope", *lines(1)]
-    with ScoreCache(tmp_path / "c") as cache:
-        events = list(
-            warm(source, cache, api_key=API_KEY, base_url=server.base_url, skip_invalid=True)
-        )
+    events = list(warm(source, cache, api_key=API_KEY, base_url=server.base_url, skip_invalid=True))
     assert [e.line for e in events if isinstance(e, LineSkipped)] == [3]
     assert isinstance(events[-1], WarmSummary)
     assert events[-1].lines_skipped == 1
 
 
-def test_warm_reads_lazily(server: DashScopeServer, tmp_path: Path) -> None:
+def test_warm_reads_lazily(server: DashScopeServer, cache: ScoreCache) -> None:
     """warm pulls lines from the source as it goes, not all up front."""
     pulled: list[int] = []
 
@@ -97,11 +91,10 @@ def test_warm_reads_lazily(server: DashScopeServer, tmp_path: Path) -> None:
             pulled.append(i)
             yield line
 
-    with ScoreCache(tmp_path / "c") as cache:
-        stream = warm(source(), cache, api_key=API_KEY, base_url=server.base_url, concurrency=2)
-        next(stream)
-        assert len(pulled) <= 2 * 2 + 1
-        list(stream)
+    stream = warm(source(), cache, api_key=API_KEY, base_url=server.base_url, concurrency=2)
+    next(stream)
+    assert len(pulled) <= 2 * 2 + 1
+    list(stream)
     assert len(pulled) == 50
 
 

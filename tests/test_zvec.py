@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +23,14 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     col = build_collection(tmp_path_factory.mktemp("zvec") / "corpus")
     yield col
     col.close()
+
+
+@pytest.fixture
+def cached_reranker(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> CachedReRanker:
+    """A CachedReRanker for QUESTION over the tmp-dir cache."""
+    return CachedReRanker(make_reranker(QUESTION), cache)
 
 
 def queries(*fields: str) -> list[Any]:
@@ -51,15 +58,13 @@ def test_reranker_in_collection_query(
 
 
 def test_cached_reranker_in_collection_query(
-    collection: Any,
-    make_reranker: Callable[..., QwenReRanker],
-    server: DashScopeServer,
-    cache: ScoreCache,
+    collection: Any, cached_reranker: CachedReRanker, server: DashScopeServer
 ) -> None:
     """CachedReRanker works as reranker= too, and the second query sends nothing."""
-    reranker = CachedReRanker(make_reranker(QUESTION), cache)
-    first = collection.query(queries(CONTENT_VECTOR, TITLE_VECTOR), topk=5, reranker=reranker)
-    second = collection.query(queries(CONTENT_VECTOR, TITLE_VECTOR), topk=5, reranker=reranker)
+    first, second = (
+        collection.query(queries(CONTENT_VECTOR, TITLE_VECTOR), topk=5, reranker=cached_reranker)
+        for _ in range(2)
+    )
     assert [(d.id, d.score) for d in first] == [(d.id, d.score) for d in second]
     assert server.stats.requests == 1
     assert_dashscope_scores(second)
@@ -96,33 +101,23 @@ def test_search_several_queries_merges_by_id(
 
 
 def test_search_with_cache_and_filter_and_output_fields(
-    collection: Any,
-    make_reranker: Callable[..., QwenReRanker],
-    server: DashScopeServer,
-    cache: ScoreCache,
+    collection: Any, cached_reranker: CachedReRanker, server: DashScopeServer
 ) -> None:
     """A cached reranker, a filter and output_fields (the rerank field is added) all work."""
-    reranker = CachedReRanker(make_reranker(QUESTION), cache)
-    out = search(
-        collection,
-        queries(CONTENT_VECTOR),
-        reranker,
-        candidates=30,
-        topn=3,
-        output_fields=["title"],
-        filter="title != 'nothing'",
+    out, again = (
+        search(
+            collection,
+            queries(CONTENT_VECTOR),
+            cached_reranker,
+            candidates=30,
+            topn=3,
+            output_fields=["title"],
+            filter="title != 'nothing'",
+        )
+        for _ in range(2)
     )
     assert len(out) == 3
     assert all(d.field("title") and d.field("content") for d in out)
-    again = search(
-        collection,
-        queries(CONTENT_VECTOR),
-        reranker,
-        candidates=30,
-        topn=3,
-        output_fields=["title"],
-        filter="title != 'nothing'",
-    )
     assert [d.id for d in again] == [d.id for d in out]
     assert server.stats.requests == 1
 
@@ -164,18 +159,16 @@ def test_search_empty_pool_returns_empty(
 def test_with_query_per_user_query(
     collection: Any,
     make_reranker: Callable[..., QwenReRanker],
-    tmp_path: Path,
-    server: DashScopeServer,
+    cache: ScoreCache,
 ) -> None:
     """One base reranker serves many user queries through with_query."""
-    with ScoreCache(tmp_path / "c") as store:
-        base = CachedReRanker(make_reranker("placeholder"), store)
-        for question in ("telescope for the moon", "tomato seedlings"):
-            out = search(
-                collection,
-                [zvec.Query(field_name=CONTENT_VECTOR, vector=embed(question))],
-                base.with_query(question),
-                candidates=20,
-                topn=3,
-            )
-            assert_dashscope_scores(out, question)
+    base = CachedReRanker(make_reranker("placeholder"), cache)
+    for question in ("telescope for the moon", "tomato seedlings"):
+        out = search(
+            collection,
+            [zvec.Query(field_name=CONTENT_VECTOR, vector=embed(question))],
+            base.with_query(question),
+            candidates=20,
+            topn=3,
+        )
+        assert_dashscope_scores(out, question)
