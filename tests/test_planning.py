@@ -61,13 +61,13 @@ def test_trim_respects_budget_and_is_prefix(text: str, budget: int) -> None:
 
 
 def test_prepare_text_skips_blank_and_none() -> None:
-    """None, empty and whitespace-only values are skipped; others are str()-ed and stripped."""
+    """None, empty, whitespace-only and non-string values are skipped; strings are stripped."""
     assert prepare_text(None, GTE) is None
     assert prepare_text("  \n ", GTE) is None
     assert prepare_text("", GTE) is None
     assert prepare_text("  hello ", GTE) == "hello"
-    assert prepare_text(42, GTE) == "42"
-    assert prepare_text(0, GTE) == "0"
+    assert prepare_text(42, GTE) is None  # only a str is text
+    assert prepare_text(0, GTE) is None
 
 
 def test_prepare_text_replaces_lone_surrogates() -> None:

@@ -177,7 +177,7 @@ def test_dedup_by_id_and_identical_texts_sent_once(
 def test_textless_documents_skipped(
     make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
 ) -> None:
-    """Documents with a missing, None, empty or blank field are never sent."""
+    """Documents with a missing, None, empty, blank or non-string field are never sent."""
     docs = [
         Doc("a", fields={"content": "  vector  "}),
         Doc("b", fields={}),
@@ -186,9 +186,9 @@ def test_textless_documents_skipped(
         Doc("e", fields={"content": 7}),
     ]
     out = make_reranker().rerank([docs])
-    assert sorted(d.id for d in out) == ["a", "e"]
+    assert [d.id for d in out] == ["a"]
     (req,) = server.requests_log
-    assert sorted(req.documents) == ["7", "vector"]
+    assert list(req.documents) == ["vector"]
 
 
 def test_empty_input_returns_empty(
@@ -492,7 +492,7 @@ def test_retry_policy_validates() -> None:
 def test_ambiguous_positional_mix_is_refused() -> None:
     """A string topn with a rerank_field that is no model name is refused, not guessed."""
     with pytest.raises(ConfigurationError, match="keywords"):
-        QwenReRanker("q", "title", rerank_field="content", api_key=API_KEY)  # type: ignore[arg-type]
+        QwenReRanker("q", "title", rerank_field="content", api_key=API_KEY)  # type: ignore[call-overload]
 
 
 def test_interrupt_stops_queued_requests(

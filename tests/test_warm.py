@@ -51,13 +51,14 @@ def test_parse_line_names_the_problem(raw: str | bytes, problem: str) -> None:
 
 
 def test_parse_line_prepares_texts_like_the_reranker() -> None:
-    """Texts are stripped and deduplicated; blank or missing ones are counted, not sent."""
+    """Texts are stripped and deduplicated; blank, missing or non-string ones are counted,
+    not sent."""
     req = parse_line(
         json.dumps({"query": "q", "documents": [" a ", "a", "", {"text": 5}, {"id": 1}]}), 1
     )
     assert req is not None
-    assert req.texts == ("a", "5")
-    assert req.without_text == 2
+    assert req.texts == ("a",)
+    assert req.without_text == 3
     assert parse_line("   \n", 2) is None
 
 

@@ -13,13 +13,28 @@ errors only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .client.results import BatchResult, ScoreResult
 from .errors import ConfigurationError, DashScopeError, NoDocumentsError
 from .planning import Collected, assemble
+
+if TYPE_CHECKING:
+    # For type checkers both rerankers subclass zvec's RerankFunction, so they pass as
+    # Collection.query(reranker=...). At run time the base is object and the relation is an
+    # ABC registration (see _watch_for_zvec): importing zvec costs 0.2 s, and the CLI and
+    # zvec-less installs should not pay it.
+    from zvec.extension import RerankFunction as _ZvecRerankFunction
+else:
+    _ZvecRerankFunction = object
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -118,9 +133,14 @@ class _Host(Protocol):
     def _count_fallback(self) -> None: ...
 
 
-class RerankMethods:
+class RerankMethods(_ZvecRerankFunction):
     """``rerank()`` and ``arerank()``, written once on top of ``prepare()`` and
-    ``score_texts()``; shared by :class:`QwenReRanker` and :class:`CachedReRanker`."""
+    ``score_texts()``; shared by :class:`QwenReRanker` and :class:`CachedReRanker`.
+
+    With zvec installed, this class (so both rerankers) is a ``zvec.extension.RerankFunction``
+    for ``isinstance``, ``issubclass`` and type checkers, whether zvec is imported before or
+    after rerank-cache; importing rerank-cache never imports zvec.
+    """
 
     def rerank(
         self: _Host,
@@ -204,6 +224,75 @@ class RerankMethods:
         )
         self._count_fallback()
         return [candidate.doc for candidate in collected.candidates[:limit]]
+
+
+#: The zvec module that defines ``RerankFunction`` (an ABC, alias ``zvec.extension.ReRanker``).
+_RERANK_FUNCTION_MODULE = "zvec.extension.rerank_function"
+
+
+def _register_with(module: ModuleType) -> None:
+    """Make :class:`RerankMethods` a virtual subclass of zvec's ``RerankFunction``."""
+    module.RerankFunction.register(RerankMethods)
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Runs zvec's own loader, then registers :class:`RerankMethods` with the ABC it defined."""
+
+    def __init__(self, loader: importlib.abc.Loader, watcher: _ZvecWatcher) -> None:
+        self._loader = loader
+        self._watcher = watcher
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        # Tracebacks, inspect and reloads should see zvec's loader, not this wrapper.
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        _register_with(module)
+        self._watcher.retire()
+
+
+class _ZvecWatcher(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: when zvec defines ``RerankFunction``, register with it.
+
+    It answers for that one module only (every other import passes straight through) and
+    leaves ``sys.meta_path`` once the registration is done.
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != _RERANK_FUNCTION_MODULE:
+            return None
+        for finder in list(sys.meta_path):
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec: ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisteringLoader(spec.loader, self)
+                return spec
+        return None
+
+    def retire(self) -> None:
+        """Leave ``sys.meta_path``: the registration is done."""
+        with contextlib.suppress(ValueError):  # already gone
+            sys.meta_path.remove(self)
+
+
+def _watch_for_zvec() -> None:
+    """Register with zvec's ``RerankFunction`` now if zvec is loaded, else when it is."""
+    loaded = sys.modules.get(_RERANK_FUNCTION_MODULE)
+    if loaded is not None and hasattr(loaded, "RerankFunction"):
+        _register_with(loaded)
+    elif importlib.util.find_spec("zvec") is not None:  # installed, not imported yet
+        sys.meta_path.insert(0, _ZvecWatcher())
+
+
+_watch_for_zvec()
 
 
 def _document_count(query_results: Any) -> int:

@@ -28,7 +28,7 @@ class DocLike(Protocol):
         """The retrieval or rerank score."""
 
     def field(self, name: str) -> Any:
-        """The value of scalar field ``name`` (None when missing)."""
+        """The value of scalar field ``name``: None when missing (zvec's ``Doc`` gives ``{}``)."""
 
     def _replace(self, **changes: Any) -> Any:
         """A copy with ``changes`` applied (zvec's spelling, kept for compatibility)."""

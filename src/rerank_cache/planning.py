@@ -179,14 +179,16 @@ _WHITESPACE = frozenset("\t\n\v\f\r ")
 def prepare_text(value: Any, limits: ModelLimits) -> str | None:
     """Turn a field value into the exact text sent to DashScope, or None to skip it.
 
-    ``None`` and values whose ``str()`` is blank are skipped (DashScope rejects empty
-    texts). Other values are converted with ``str()`` and stripped, as zvec does. Characters
-    that UTF-8 cannot encode (lone surrogates) become U+FFFD. Texts longer than the model
-    accepts per item are trimmed, so the text sent is exactly the text scored and cached.
+    Only a ``str`` that is non-empty after stripping is text. Anything else is skipped:
+    a missing field (``None``, or ``{}`` from zvec's ``Doc.field()``), numbers, booleans,
+    bytes, lists — sending ``str(value)`` would pay to score ``"{}"`` or ``"None"``. The text
+    is stripped; characters that UTF-8 cannot encode (lone surrogates) become U+FFFD. Texts
+    longer than the model accepts per item are trimmed, so the text sent is exactly the text
+    scored and cached.
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
-    text = str(value).strip()
+    text = value.strip()
     if not text:
         return None
     ascii_only = text.isascii()
@@ -269,8 +271,8 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
 
     Documents are deduplicated by ``id`` across all lists; the first occurrence that has text
     wins (as in zvec, a copy without the field does not hide a later copy that has it).
-    Documents without text in ``rerank_field`` are skipped. Identical texts under different
-    ids are listed once in ``texts``.
+    Documents without text in ``rerank_field`` (see :func:`prepare_text`) are skipped.
+    Identical texts under different ids are listed once in ``texts``.
     """
     candidates: list[Candidate[Any]] = []
     texts: dict[str, None] = {}

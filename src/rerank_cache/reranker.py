@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from .base import DEFAULT_MODEL, OnError, RerankMethods, check_on_error, check_query, check_topn
 from .cached import CachedReRanker
@@ -19,11 +19,47 @@ from .client.core import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, DashScopeCli
 from .client.results import BatchResult, ScoreResult, UsageTotals
 from .client.retry import RetryPolicy
 from .errors import ConfigurationError
-from .planning import MODEL_LIMITS, Collected, ModelLimits, collect, limits_for
+from .planning import Collected, ModelLimits, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .stores.base import ScoreStore
+
+#: "Not passed": None is a value some of these arguments take.
+_UNSET: Any = object()
+
+#: The two positional orders zvec has had, after ``query``.
+_OLDER_ORDER = ("topn", "rerank_field", "model", "api_key")
+_ZVEC_08_ORDER = ("rerank_field", "model", "api_key")
+
+
+def _by_name(positional: tuple[Any, ...], **keywords: Any) -> dict[str, Any]:
+    """Name the constructor's positional arguments after ``query``; drop the unset ones.
+
+    A string second argument means zvec 0.8.0's order ``(query, rerank_field, model,
+    api_key)``, else it is older zvec's ``(query, topn, rerank_field, model, api_key)``. The
+    values themselves are never guessed at, so any model name works in either order; what
+    is refused is a call that gives one argument twice (by position and by keyword), since
+    then the order it meant cannot be known.
+    """
+    order = _ZVEC_08_ORDER if positional and isinstance(positional[0], str) else _OLDER_ORDER
+    if len(positional) > len(order):
+        raise TypeError(
+            f"QwenReRanker takes at most {len(order) + 1} positional arguments "
+            f"(query, {', '.join(order)}), got {len(positional) + 1}; pass the rest as keywords"
+        )
+    given = {name: value for name, value in keywords.items() if value is not _UNSET}
+    for name, value in zip(order, positional, strict=False):
+        if name in given:
+            which = "zvec 0.8.0's" if order is _ZVEC_08_ORDER else "older zvec's"
+            # Values are named, never shown: one of them may be the API key.
+            raise ConfigurationError(
+                f"{name} given twice: by position (argument {order.index(name) + 2} in "
+                f"{which} order: query, {', '.join(order)}) and by keyword; pass it once, "
+                "preferably everything after query as keywords"
+            )
+        given[name] = value
+    return given
 
 
 class QwenReRanker(RerankMethods):
@@ -65,6 +101,7 @@ class QwenReRanker(RerankMethods):
         ('gte-rerank-v2', 10)
     """
 
+    @overload
     def __init__(
         self,
         query: str | None = None,
@@ -81,21 +118,59 @@ class QwenReRanker(RerankMethods):
         max_rpm: float | RateLimiter | None = None,
         limits: ModelLimits | None = None,
         on_error: OnError = "raise",
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        query: str | None,
+        rerank_field: str,
+        model: str = DEFAULT_MODEL,
+        api_key: str | None = None,
+        *,
+        topn: int = 10,
+        instruct: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_rpm: float | RateLimiter | None = None,
+        limits: ModelLimits | None = None,
+        on_error: OnError = "raise",
+    ) -> None: ...
+
+    def __init__(
+        self,
+        query: str | None = None,
+        *positional: Any,
+        topn: Any = _UNSET,
+        rerank_field: Any = _UNSET,
+        model: Any = _UNSET,
+        api_key: Any = _UNSET,
+        instruct: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_rpm: float | RateLimiter | None = None,
+        limits: ModelLimits | None = None,
+        on_error: OnError = "raise",
     ) -> None:
-        if isinstance(topn, str):
-            # zvec 0.8.0 positional order: (query, rerank_field, model, api_key).
-            if rerank_field is not None and rerank_field not in MODEL_LIMITS:
-                raise ConfigurationError(
-                    f"topn must be an integer, not {topn!r}. In zvec 0.8.0's positional "
-                    "order (query, rerank_field, model, api_key) the third argument must be "
-                    f"a known model name, not {rerank_field!r}; pass rerank_field= and "
-                    "model= as keywords instead"
-                )
-            shifted_model = rerank_field if rerank_field is not None else model
-            if rerank_field is not None and model != DEFAULT_MODEL and api_key is None:
-                api_key = model
-            topn, rerank_field, model = 10, topn, shifted_model
+        given = _by_name(
+            positional, topn=topn, rerank_field=rerank_field, model=model, api_key=api_key
+        )
+        topn = given.get("topn", 10)
+        rerank_field = given.get("rerank_field")
+        model = given.get("model", DEFAULT_MODEL)
+        api_key = given.get("api_key")
         self._query = check_query(query)
+        # Checked before the other arguments, as zvec does, so code that expects zvec's
+        # error for QwenReRanker(query=...) without a key gets it.
+        key = api_key if api_key is not None else os.environ.get("DASHSCOPE_API_KEY")
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigurationError(
+                "DashScope API key is required: pass api_key= or set DASHSCOPE_API_KEY"
+            )
         self._topn = check_topn(topn)
         self._on_error = check_on_error(on_error)
         if rerank_field is None or not isinstance(rerank_field, str) or not rerank_field:
@@ -107,9 +182,6 @@ class QwenReRanker(RerankMethods):
             raise ConfigurationError("model must be a non-empty string")
         if instruct is not None and (not isinstance(instruct, str) or not instruct.strip()):
             raise ConfigurationError("instruct must be a non-empty string or None")
-        key = api_key if api_key is not None else os.environ.get("DASHSCOPE_API_KEY")
-        if not key or not key.strip():
-            raise ConfigurationError("No DashScope API key: pass api_key= or set DASHSCOPE_API_KEY")
         url = base_url or os.environ.get("DASHSCOPE_HTTP_BASE_URL") or DEFAULT_BASE_URL
         self._client = DashScopeClient(
             api_key=key.strip(),
