@@ -1,0 +1,136 @@
+"""What both framework adapters share: opening the store, and ranking a list of texts.
+
+The adapters hand plain texts to a :class:`CachedReRanker` through its public ``rerank`` /
+``arerank`` (as :class:`rerank_cache.Doc` objects), so results, cache keys and errors are
+exactly those of ``QwenReRanker(...).cached()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..cached import CachedReRanker
+from ..client import UsageTotals
+from ..doc import Doc
+from ..errors import ConfigurationError, NoDocumentsError
+from ..protocols import ScoreStore
+from ..reranker import QwenReRanker
+from ..store import ScoreCache
+
+__all__ = ["CacheSetting", "Ranked", "Ranker", "open_ranker"]
+
+#: What an adapter's ``cache`` setting accepts: a store, a directory or cache URL, or None
+#: for the default store (``RERANK_CACHE_URL``, else ``RERANK_CACHE_DIR`` or the user cache).
+CacheSetting = ScoreStore | str | os.PathLike[str] | None
+
+#: (position in the caller's list, relevance score), best first.
+Ranked = list[tuple[int, float]]
+
+_FIELD = "text"
+# QwenReRanker is bound to one query; the adapters get theirs per call, so this instance is
+# only ever copied with with_query() (sharing client, limits and usage) and never scores.
+_UNBOUND_QUERY = "(bound per call by with_query)"
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """A cached reranker for texts whose query arrives with each call.
+
+    Attributes:
+        base: the DashScope reranker (its client is shared by every call).
+        reranker: ``base`` behind the cache; every call copies it with ``with_query``.
+        owns_store: True when the store was opened here (so :meth:`close` closes it).
+    """
+
+    base: QwenReRanker
+    reranker: CachedReRanker
+    owns_store: bool
+
+    @property
+    def store(self) -> ScoreStore:
+        """The score store."""
+        return self.reranker.cache
+
+    @property
+    def usage(self) -> UsageTotals:
+        """DashScope usage of every call so far (cache hits cost nothing)."""
+        return self.base.usage
+
+    def rank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
+        """Score ``texts`` against ``query``; return the best ``top_n`` (None: all).
+
+        Texts that are empty or blank are never sent and never returned.
+        """
+        if not texts:
+            return []
+        scorer = self.reranker.with_query(query)
+        try:
+            best = scorer.rerank(_docs(texts), topn=_limit(top_n, texts))
+        except NoDocumentsError:
+            return []
+        return _positions(best)
+
+    async def arank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranked:
+        """The asyncio twin of :meth:`rank`, through ``arerank``."""
+        if not texts:
+            return []
+        scorer = self.reranker.with_query(query)
+        try:
+            best = await scorer.arerank(_docs(texts), topn=_limit(top_n, texts))
+        except NoDocumentsError:
+            return []
+        return _positions(best)
+
+    def close(self) -> None:
+        """Close the store if it was opened here; a store passed in is the caller's."""
+        if self.owns_store:
+            self.reranker.cache.close()
+
+
+def open_ranker(
+    *,
+    model: str,
+    api_key: str | None,
+    instruct: str | None,
+    base_url: str | None,
+    cache: Any,
+) -> Ranker:
+    """Build the reranker an adapter uses; the key and the store are checked now.
+
+    Raises:
+        ConfigurationError: (a ``ValueError``) no API key, an empty model, or a ``cache``
+            that is neither a store, a path or URL, nor None.
+    """
+    base = QwenReRanker(
+        _UNBOUND_QUERY,
+        rerank_field=_FIELD,
+        model=model,
+        api_key=api_key,
+        instruct=instruct,
+        base_url=base_url,
+    )
+    if cache is None:  # the default store, chosen exactly as .cached() chooses it
+        return Ranker(base, base.cached(), owns_store=True)
+    if isinstance(cache, (str, os.PathLike)):
+        return Ranker(base, base.cached(ScoreCache.from_url(cache)), owns_store=True)
+    if isinstance(cache, ScoreStore):
+        return Ranker(base, base.cached(cache), owns_store=False)
+    raise ConfigurationError(
+        "cache must be a score store (ScoreCache, RedisScoreCache), a directory or cache "
+        f"URL, or None for the default store; got {type(cache).__name__}"
+    )
+
+
+def _limit(top_n: int | None, texts: Sequence[str]) -> int:
+    return len(texts) if top_n is None else top_n
+
+
+def _docs(texts: Sequence[str]) -> list[list[Doc]]:
+    return [[Doc(str(position), fields={_FIELD: text}) for position, text in enumerate(texts)]]
+
+
+def _positions(best: list[Any]) -> Ranked:
+    return [(int(doc.id), float(doc.score)) for doc in best]
