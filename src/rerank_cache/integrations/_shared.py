@@ -15,7 +15,7 @@ from typing import Any
 from ..cached import CachedReRanker
 from ..client import UsageTotals
 from ..doc import Doc
-from ..errors import ConfigurationError, NoDocumentsError
+from ..errors import NoDocumentsError
 from ..protocols import ScoreStore
 from ..reranker import QwenReRanker
 from ..store import ScoreCache
@@ -96,13 +96,13 @@ def open_ranker(
     api_key: str | None,
     instruct: str | None,
     base_url: str | None,
-    cache: Any,
+    cache: CacheSetting,
 ) -> Ranker:
     """Build the reranker an adapter uses; the key and the store are checked now.
 
     Raises:
-        ConfigurationError: (a ``ValueError``) no API key, an empty model, or a ``cache``
-            that is neither a store, a path or URL, nor None.
+        ConfigurationError: (a ``ValueError``) no API key, an empty model, or a cache URL
+            of an unknown scheme.
     """
     base = QwenReRanker(
         _UNBOUND_QUERY,
@@ -116,12 +116,7 @@ def open_ranker(
         return Ranker(base, base.cached(), owns_store=True)
     if isinstance(cache, (str, os.PathLike)):
         return Ranker(base, base.cached(ScoreCache.from_url(cache)), owns_store=True)
-    if isinstance(cache, ScoreStore):
-        return Ranker(base, base.cached(cache), owns_store=False)
-    raise ConfigurationError(
-        "cache must be a score store (ScoreCache, RedisScoreCache), a directory or cache "
-        f"URL, or None for the default store; got {type(cache).__name__}"
-    )
+    return Ranker(base, base.cached(cache), owns_store=False)
 
 
 def _limit(top_n: int | None, texts: Sequence[str]) -> int:
