@@ -9,6 +9,7 @@ and the best document comes first) is covered for our classes, plus the cache.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,6 +24,7 @@ from langchain_core.retrievers import BaseRetriever
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from pydantic import SecretStr
 
 from rerank_cache import AuthenticationError, ScoreCache, close_async_sessions
 from rerank_cache.integrations import langchain as lc
@@ -235,6 +237,7 @@ def test_key_never_shown(make: Callable[..., Any], tmp_path: Path) -> None:
     reranker = make(api_key="sk-very-secret-key", cache=str(tmp_path / "c"))
     for text in (repr(reranker), str(reranker), str(reranker.model_dump())):
         assert "sk-very-secret-key" not in text
+    assert isinstance(reranker.api_key, SecretStr)
     assert reranker.api_key.get_secret_value() == "sk-very-secret-key"
 
 
@@ -526,3 +529,37 @@ def test_llama_index_reports_a_reranking_event(server: DashScopeServer, cache: S
     assert rest == []
     assert end.payload is not None
     assert [n.score for n in end.payload["nodes"]] == [n.score for n in out]
+
+
+USER_CODE = """
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from rerank_cache import ScoreCache
+from rerank_cache.integrations.langchain import CachedDashScopeRerank as LangChainRerank
+from rerank_cache.integrations.llama_index import CachedDashScopeRerank as LlamaRerank
+
+compressor = LangChainRerank(model="gte-rerank", top_n=2, api_key="sk-...", cache="scores")
+docs = compressor.compress_documents([Document(page_content="a")], "q")
+postprocessor = LlamaRerank(top_n=2, api_key="sk-...", cache=ScoreCache("scores"))
+nodes: list[NodeWithScore] = postprocessor.postprocess_nodes(
+    [NodeWithScore(node=TextNode(text="a"))], query_bundle=QueryBundle("q")
+)
+"""
+
+
+def test_user_code_type_checks(tmp_path: Path) -> None:
+    """Calls as the frameworks' own classes are made (api_key as str) pass mypy --strict."""
+    user = tmp_path / "user.py"
+    user.write_text(USER_CODE, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", "pyproject.toml", "--strict", str(user)],
+        cwd=root,
+        env={**os.environ, "MYPYPATH": str(root / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

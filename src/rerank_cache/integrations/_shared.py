@@ -12,15 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+)
+
 from ..cached import CachedReRanker
 from ..client import UsageTotals
 from ..doc import Doc
 from ..errors import NoDocumentsError
 from ..protocols import ScoreStore
-from ..reranker import QwenReRanker
+from ..reranker import DEFAULT_MODEL, QwenReRanker
 from ..store import ScoreCache
 
-__all__ = ["CacheSetting", "Ranked", "Ranker", "open_ranker"]
+__all__ = ["CacheSetting", "CachedSettings", "Ranked", "Ranker", "open_ranker"]
 
 #: What an adapter's ``cache`` setting accepts: a store, a directory or cache URL, or None
 #: for the default store (``RERANK_CACHE_URL``, else ``RERANK_CACHE_DIR`` or the user cache).
@@ -129,3 +139,67 @@ def _docs(texts: Sequence[str]) -> list[list[Doc]]:
 
 def _positions(best: list[Any]) -> Ranked:
     return [(int(doc.id), float(doc.score)) for doc in best]
+
+
+class CachedSettings(BaseModel):
+    """The settings both adapters share, and the reranker built from them.
+
+    Mixed in before the framework's base class, so the adapters are pydantic models of the
+    framework's own kind. The settings that shape requests and cache keys are frozen: the
+    reranker is built from them once, when the object is.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # ScoreStore is a Protocol
+
+    model: str = Field(default=DEFAULT_MODEL, frozen=True, description="DashScope rerank model.")
+    # str too, so that `api_key="sk-..."` type-checks for callers; always a SecretStr once
+    # validated (see _secret), so the key never shows in repr.
+    api_key: SecretStr | str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("api_key", "dashscope_api_key"),
+        frozen=True,
+        exclude=True,
+        description="DashScope API key (default: DASHSCOPE_API_KEY).",
+    )
+    instruct: str | None = Field(default=None, frozen=True, description="Task instruction.")
+    base_url: str | None = Field(default=None, frozen=True, description="API base address.")
+    # Hidden from repr and dumps: a Redis URL may carry a password.
+    cache: CacheSetting = Field(
+        default=None,
+        frozen=True,
+        repr=False,
+        exclude=True,
+        description="Score store, directory or cache URL; None for the default store.",
+    )
+
+    _ranker: Ranker = PrivateAttr()
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> object:
+        return SecretStr(value) if isinstance(value, str) else value
+
+    def model_post_init(self, context: object, /) -> None:
+        """Build the reranker and open the store (checks the key now)."""
+        key = self.api_key
+        self._ranker = open_ranker(
+            model=self.model,
+            api_key=key.get_secret_value() if isinstance(key, SecretStr) else key,
+            instruct=self.instruct,
+            base_url=self.base_url,
+            cache=self.cache,
+        )
+
+    @property
+    def store(self) -> ScoreStore:
+        """The score store (``.store.stats()`` shows hits, misses and what was saved)."""
+        return self._ranker.store
+
+    @property
+    def usage(self) -> UsageTotals:
+        """DashScope requests, documents and tokens paid for so far (hits cost nothing)."""
+        return self._ranker.usage
+
+    def close(self) -> None:
+        """Close the store if this object opened it (a store passed in stays open)."""
+        self._ranker.close()

@@ -17,17 +17,14 @@ from collections.abc import Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict
 
-from ..client import UsageTotals
-from ..protocols import ScoreStore
-from ..reranker import DEFAULT_MODEL
-from ._shared import CacheSetting, Ranked, Ranker, open_ranker
+from ._shared import CachedSettings, Ranked
 
 __all__ = ["CachedDashScopeRerank"]
 
 
-class CachedDashScopeRerank(BaseDocumentCompressor):
+class CachedDashScopeRerank(CachedSettings, BaseDocumentCompressor):
     """Rerank LangChain documents with DashScope TextReRank, each score fetched once.
 
     Args:
@@ -55,41 +52,8 @@ class CachedDashScopeRerank(BaseDocumentCompressor):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    model: str = Field(default=DEFAULT_MODEL, frozen=True)
     top_n: int | None = 3
     score_threshold: float = 0.0
-    api_key: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("api_key", "dashscope_api_key"),
-        frozen=True,
-        exclude=True,
-    )
-    instruct: str | None = Field(default=None, frozen=True)
-    base_url: str | None = Field(default=None, frozen=True)
-    # Hidden from repr and dumps: a Redis URL may carry a password.
-    cache: CacheSetting = Field(default=None, frozen=True, repr=False, exclude=True)
-
-    _ranker: Ranker = PrivateAttr()
-
-    def model_post_init(self, context: object, /) -> None:
-        """Build the reranker and open the store (checks the key now)."""
-        self._ranker = open_ranker(
-            model=self.model,
-            api_key=None if self.api_key is None else self.api_key.get_secret_value(),
-            instruct=self.instruct,
-            base_url=self.base_url,
-            cache=self.cache,
-        )
-
-    @property
-    def store(self) -> ScoreStore:
-        """The score store (``.store.stats()`` shows hits, misses and what was saved)."""
-        return self._ranker.store
-
-    @property
-    def usage(self) -> UsageTotals:
-        """DashScope requests, documents and tokens this compressor has paid for."""
-        return self._ranker.usage
 
     def compress_documents(
         self,
@@ -121,10 +85,6 @@ class CachedDashScopeRerank(BaseDocumentCompressor):
         del callbacks
         ranked = await self._ranker.arank(query, _texts(documents), self.top_n)
         return self._pick(documents, ranked)
-
-    def close(self) -> None:
-        """Close the store if this object opened it (a store passed in stays open)."""
-        self._ranker.close()
 
     def _pick(self, documents: Sequence[Document], ranked: Ranked) -> list[Document]:
         picked = []

@@ -12,6 +12,9 @@ Needs ``pip install 'rerank-cache[llama-index]'``.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
+
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base import EventContext
 
@@ -20,19 +23,16 @@ from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr
+from pydantic import Field
 
-from ..client import UsageTotals
-from ..protocols import ScoreStore
-from ..reranker import DEFAULT_MODEL
-from ._shared import CacheSetting, Ranked, Ranker, open_ranker
+from ._shared import CachedSettings, Ranked
 
 __all__ = ["CachedDashScopeRerank"]
 
 _dispatcher = get_dispatcher(__name__)
 
 
-class CachedDashScopeRerank(BaseNodePostprocessor):
+class CachedDashScopeRerank(CachedSettings, BaseNodePostprocessor):
     """Rerank LlamaIndex nodes with DashScope TextReRank, each score fetched once.
 
     Args:
@@ -58,49 +58,12 @@ class CachedDashScopeRerank(BaseNodePostprocessor):
             setting.
     """
 
-    model: str = Field(default=DEFAULT_MODEL, frozen=True, description="DashScope rerank model.")
     top_n: int = Field(default=3, description="Top N nodes to return.")
-    api_key: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("api_key", "dashscope_api_key"),
-        frozen=True,
-        exclude=True,
-    )
-    instruct: str | None = Field(default=None, frozen=True)
-    base_url: str | None = Field(default=None, frozen=True)
-    # Hidden from repr and dumps: a Redis URL may carry a password.
-    cache: CacheSetting = Field(default=None, frozen=True, repr=False, exclude=True)
-
-    _ranker: Ranker = PrivateAttr()
-
-    def model_post_init(self, context: object, /) -> None:
-        """Build the reranker and open the store (checks the key now)."""
-        self._ranker = open_ranker(
-            model=self.model,
-            api_key=None if self.api_key is None else self.api_key.get_secret_value(),
-            instruct=self.instruct,
-            base_url=self.base_url,
-            cache=self.cache,
-        )
 
     @classmethod
     def class_name(cls) -> str:
         """The name LlamaIndex serialises this component under."""
         return "CachedDashScopeRerank"
-
-    @property
-    def store(self) -> ScoreStore:
-        """The score store (``.store.stats()`` shows hits, misses and what was saved)."""
-        return self._ranker.store
-
-    @property
-    def usage(self) -> UsageTotals:
-        """DashScope requests, documents and tokens this postprocessor has paid for."""
-        return self._ranker.usage
-
-    def close(self) -> None:
-        """Close the store if this object opened it (a store passed in stays open)."""
-        self._ranker.close()
 
     def _postprocess_nodes(
         self,
@@ -110,11 +73,8 @@ class CachedDashScopeRerank(BaseNodePostprocessor):
         query = self._start(nodes, query_bundle)
         if not nodes:
             return []
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._payload(nodes, query)
-        ) as event:
-            ranked = self._ranker.rank(query, _texts(nodes), self.top_n)
-            return self._finish(nodes, ranked, event)
+        with self._event(nodes, query) as event:
+            return self._finish(nodes, self._ranker.rank(query, _texts(nodes), self.top_n), event)
 
     async def _apostprocess_nodes(
         self,
@@ -124,11 +84,10 @@ class CachedDashScopeRerank(BaseNodePostprocessor):
         query = self._start(nodes, query_bundle)
         if not nodes:
             return []
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._payload(nodes, query)
-        ) as event:
-            ranked = await self._ranker.arank(query, _texts(nodes), self.top_n)
-            return self._finish(nodes, ranked, event)
+        with self._event(nodes, query) as event:
+            return self._finish(
+                nodes, await self._ranker.arank(query, _texts(nodes), self.top_n), event
+            )
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> str:
         _dispatcher.event(
@@ -140,13 +99,15 @@ class CachedDashScopeRerank(BaseNodePostprocessor):
             raise ValueError("Missing query bundle: pass query_str= or query_bundle=")
         return query_bundle.query_str
 
-    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, object]:
-        return {
+    def _event(self, nodes: list[NodeWithScore], query: str) -> ContextManager[EventContext]:
+        """The RERANKING callback event, as LlamaIndex's own rerankers report it."""
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model,
             EventPayload.QUERY_STR: query,
             EventPayload.TOP_K: self.top_n,
         }
+        return self.callback_manager.event(CBEventType.RERANKING, payload=payload)
 
     @staticmethod
     def _finish(
