@@ -1,4 +1,4 @@
-"""What both framework adapters share: opening the store, and ranking a list of texts.
+"""What both framework adapters share: their settings, opening the store, ranking texts.
 
 The adapters hand plain texts to a :class:`CachedReRanker` through its public ``rerank`` /
 ``arerank`` (as :class:`rerank_cache.Doc` objects), so results, cache keys and errors are
