@@ -26,6 +26,7 @@ from . import __version__
 from .errors import ConfigurationError, CorruptCacheError, DashScopeError, RerankCacheError
 from .pricing import CURRENCY, estimate_cost
 from .protocols import ScoreStore
+from .serve.command import add_serve_parser, run_serve
 from .store import (
     CacheStats,
     CheckReport,
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("path", help="print the cache directory (or the Redis URL, password hidden)")
+    add_serve_parser(sub)
     return parser
 
 
@@ -150,9 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
-    handler = {"stats": _stats, "warm": _warm, "clear": _clear, "check": _check, "path": _path}[
-        args.command
-    ]
+    handler = {
+        "stats": _stats,
+        "warm": _warm,
+        "clear": _clear,
+        "check": _check,
+        "path": _path,
+        "serve": run_serve,
+    }[args.command]
     try:
         return handler(args, _target(args))
     except KeyboardInterrupt:
