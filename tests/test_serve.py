@@ -37,6 +37,7 @@ from rerank_cache.serve import (
 from rerank_cache.testing import DashScopeServer
 
 from .conftest import API_KEY
+from .test_async import AsyncSleeps
 
 OTHER_KEY = "sk-test-other-key-9876543210"
 BAD_KEY = "sk-never-accepted-000000"
@@ -49,16 +50,6 @@ DOCS = [
     "Rerank scores depend on the query and the document.",
 ]
 NEW_DOCS = ["Caching per pair means a new candidate costs one document.", DOCS[0]]
-
-
-class AsyncSleeps:
-    """Records the waits the proxy's retries ask for instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

@@ -122,28 +122,41 @@ class Proxy:
     # -- routes --------------------------------------------------------------------------
 
     async def _native(self, request: web.Request) -> web.Response:
-        request_id = str(uuid.uuid4())
-        try:
-            key, trusted = self._credential(request)
-            payload = parse_json(await self._body(request))
-            parsed = parse_native(payload, max_documents=self._config.max_documents)
-            results, tokens = await self._answer(parsed, key, trusted)
-        except ProxyError as error:
-            return _json(native_error_body(error, request_id), error.status, error.headers)
-        _outcome.get().request_id = request_id
-        return _json(native_response(results, tokens, request_id))
+        return await self._rerank(
+            request,
+            parse_native,
+            lambda results, tokens, request_id, _: native_response(results, tokens, request_id),
+            native_error_body,
+        )
 
     async def _compatible(self, request: web.Request) -> web.Response:
+        return await self._rerank(
+            request,
+            parse_compatible,
+            lambda results, tokens, request_id, parsed: compatible_response(
+                results, tokens, request_id, parsed.model
+            ),
+            compatible_error_body,
+        )
+
+    async def _rerank(
+        self,
+        request: web.Request,
+        parse: Callable[..., RerankRequest],
+        answer: Callable[[list[dict[str, Any]], int, str, RerankRequest], dict[str, Any]],
+        refuse: Callable[[ProxyError, str], dict[str, Any]],
+    ) -> web.Response:
+        """Both rerank routes: the same steps, each route's own shapes."""
         request_id = str(uuid.uuid4())
+        _outcome.get().request_id = request_id
         try:
             key, trusted = self._credential(request)
             payload = parse_json(await self._body(request))
-            parsed = parse_compatible(payload, max_documents=self._config.max_documents)
+            parsed = parse(payload, max_documents=self._config.max_documents)
             results, tokens = await self._answer(parsed, key, trusted)
         except ProxyError as error:
-            return _json(compatible_error_body(error, request_id), error.status, error.headers)
-        _outcome.get().request_id = request_id
-        return _json(compatible_response(results, tokens, request_id, parsed.model))
+            return _json(refuse(error, request_id), error.status, error.headers)
+        return _json(answer(results, tokens, request_id, parsed))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         del request
