@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__
 from .errors import ConfigurationError, CorruptCacheError, DashScopeError, RerankCacheError
 from .pricing import CURRENCY, PRICE_PER_MILLION_TOKENS, estimate_cost
+from .serve.command import add_serve_parser, run_serve
 from .stores.base import AdminStore, ScoreStore
 from .stores.disk import ScoreCache, read_stats
 from .stores.open import default_cache_dir, resolve_cache_url
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[where],
         help="print the cache directory (or the Redis URL, password hidden)",
     )
+    add_serve_parser(sub, parents=[where])
     return parser
 
 
@@ -200,9 +202,14 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             parser.error("argument --cache-url: not allowed with argument --cache-dir")
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
-    handler = {"stats": _stats, "warm": _warm, "clear": _clear, "check": _check, "path": _path}[
-        args.command
-    ]
+    handler = {
+        "stats": _stats,
+        "warm": _warm,
+        "clear": _clear,
+        "check": _check,
+        "path": _path,
+        "serve": run_serve,
+    }[args.command]
     try:
         code = handler(args, _target(args))
         sys.stdout.flush()  # a reader gone away shows here, not at exit

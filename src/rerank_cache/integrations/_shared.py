@@ -22,13 +22,14 @@ from pydantic import (
     field_validator,
 )
 
+from ..base import DEFAULT_MODEL
 from ..cached import CachedReRanker
-from ..client import UsageTotals
+from ..client.results import UsageTotals
 from ..doc import Doc
 from ..errors import NoDocumentsError
-from ..protocols import ScoreStore
-from ..reranker import DEFAULT_MODEL, QwenReRanker
-from ..store import ScoreCache
+from ..reranker import QwenReRanker
+from ..stores.base import ScoreStore
+from ..stores.disk import ScoreCache
 
 __all__ = ["CacheSetting", "CachedSettings", "Ranked", "Ranker", "open_ranker"]
 
