@@ -137,6 +137,18 @@ def test_directory_created_0700(tmp_path: Path) -> None:
         assert (store.directory.stat().st_mode & 0o777) == 0o700
 
 
+def test_parents_created_0700_even_with_umask_000(tmp_path: Path) -> None:
+    """Missing parents of the cache directory are private too, whatever the umask."""
+    old = os.umask(0)
+    try:
+        with ScoreCache(tmp_path / "a" / "b" / "scores") as store:
+            directory = store.directory
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", directory):
+        assert (path.stat().st_mode & 0o777) == 0o700, path
+
+
 def test_symlinked_directory_refused(tmp_path: Path) -> None:
     """A symlink as the cache directory is refused with a clear error."""
     real = tmp_path / "real"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rerank_cache import Doc
+from rerank_cache import ConfigurationError, Doc
 from rerank_cache.planning import (
     ModelLimits,
     assemble,
@@ -190,3 +190,52 @@ def _reference_trim(text: str, max_tokens: int) -> str:
 def test_trim_equals_the_full_walk(text: str, budget: int) -> None:
     """Starting the walk from a guess gives exactly the cut of walking from the start."""
     assert trim_to_tokens(text, budget) == _reference_trim(text, budget)
+
+
+class _BadStr(str):
+    """A field value whose own methods raise (a caller's str subclass gone wrong)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+    def strip(self, chars: str | None = None) -> str:
+        raise RuntimeError("no text for you")
+
+
+class _RaisingField:
+    id = "r"
+
+    def field(self, name: str) -> object:
+        raise RuntimeError(f"cannot read {name}")
+
+
+_ODD_ENTRIES = st.one_of(
+    st.builds(lambda v: Doc(v, fields={"t": "x"}), st.lists(st.integers(), max_size=2)),
+    st.builds(lambda v: Doc(v, fields={"t": "x"}), st.dictionaries(st.text(max_size=2), st.none())),
+    st.builds(lambda v: Doc(v, fields={"t": "x"}), st.sets(st.integers(), max_size=2)),
+    st.integers(),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    st.just(object()),
+    st.just(_RaisingField()),
+    st.builds(lambda: Doc("s", fields={"t": _BadStr("text")})),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before=st.integers(min_value=0, max_value=3),
+    odd=_ODD_ENTRIES,
+    as_dict=st.booleans(),
+)
+def test_odd_entries_are_configuration_errors_naming_their_place(
+    before: int, odd: object, as_dict: bool
+) -> None:
+    """Anything in a list that is not a usable document is a ConfigurationError saying where."""
+    docs = [Doc(f"ok{i}", fields={"t": f"text {i}"}) for i in range(before)] + [odd]
+    results: object = {"first": docs} if as_dict else [[], docs]
+    place = f"query_results['first'][{before}]" if as_dict else f"query_results[1][{before}]"
+    with pytest.raises(ConfigurationError) as info:
+        collect(results, "t", GTE)
+    assert str(info.value).startswith(place)

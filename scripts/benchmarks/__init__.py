@@ -11,6 +11,7 @@ row     ``--only`` name  module
 6       ``stats``        :mod:`benchmarks.stats` — ``rerank-cache stats`` on 1M entries
 7       ``redis``        :mod:`benchmarks.redis_hit` — the hit path on Redis vs diskcache
 8       ``loop``         :mod:`benchmarks.loop` — event-loop lag during ``arerank``
+9       ``expire``       :mod:`benchmarks.expire` — a writer's wait during ``clear --expired``
 ======  ===============  ==================================================================
 
 Shared parts: :mod:`benchmarks.common` (constants, the table row, number formats, the local

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import cold, hit, loop, processes, redis_hit, stats, traffic, warm
+from benchmarks import cold, expire, hit, loop, processes, redis_hit, stats, traffic, warm
 from benchmarks.common import SEED, Context, Row, log
 from benchmarks.report import machine, table
 from benchmarks.workload import make_corpus
@@ -28,6 +28,7 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "stats": stats.bench_stats,
     "redis": redis_hit.bench_redis,
     "loop": loop.bench_loop,
+    "expire": expire.bench_expire,
 }
 NAMES = tuple(BENCHES)
 

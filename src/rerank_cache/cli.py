@@ -35,7 +35,7 @@ from .errors import ConfigurationError, CorruptCacheError, DashScopeError, Reran
 from .pricing import CURRENCY, PRICE_PER_MILLION_TOKENS, estimate_cost
 from .serve.command import add_serve_parser, run_serve
 from .stores.base import AdminStore, ScoreStore
-from .stores.disk import ScoreCache, read_stats
+from .stores.disk import ScoreCache, read_stats, repair_settings
 from .stores.open import default_cache_dir, resolve_cache_url
 from .stores.stats import CacheStats, CheckReport
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
@@ -896,6 +896,9 @@ def _check(args: argparse.Namespace, target: Target) -> int:
         print(f"ok: no cache at {directory} yet")
         return EXIT_OK
     _require_writable(directory)
+    if args.fix:  # before opening: the store refuses settings diskcache would apply unchecked
+        for message in repair_settings(directory):
+            print(f"fixed: {message}")
     try:
         cache = ScoreCache(directory, recover=False)
     except CorruptCacheError:

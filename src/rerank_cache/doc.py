@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Doc", "DocLike"]
+from .errors import ConfigurationError
+
+__all__ = ["Doc", "DocLike", "read_doc"]
 
 D = TypeVar("D", bound="DocLike")
 
@@ -103,3 +105,42 @@ class Doc:
 
     def __repr__(self) -> str:
         return f"Doc(id={self.id!r}, score={self.score!r}, fields={self.fields!r})"
+
+
+def read_doc(doc: Any, rerank_field: str, where: str) -> tuple[Any, Any]:
+    """Return a document's ``id`` (checked hashable) and the value of ``rerank_field``.
+
+    ``where`` names the document's place in the input (``query_results['a'][2]``). Whatever
+    the caller's object does wrong (no ``id`` or ``field()``, an unhashable id, a ``field()``
+    that raises) becomes a :class:`ConfigurationError` naming that place, the cause chained.
+
+    Raises:
+        ConfigurationError: the object is not a usable document.
+
+    Example:
+        >>> read_doc(Doc("d1", fields={"content": "hi"}), "content", "query_results[0][0]")
+        ('d1', 'hi')
+    """
+    kind = type(doc).__name__
+    try:
+        doc_id = doc.id
+        field = doc.field
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{where} is not a document ({kind}): it needs an id and a field() method, "
+            "like rerank_cache.Doc or zvec.Doc"
+        ) from exc
+    try:
+        hash(doc_id)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{where} has an id that cannot be used as a key ({type(doc_id).__name__}): "
+            "use a string or a number"
+        ) from exc
+    try:
+        value = field(rerank_field)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{where}: reading field {rerank_field!r} failed ({type(exc).__name__})"
+        ) from exc
+    return doc_id, value

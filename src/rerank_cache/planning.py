@@ -24,6 +24,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .doc import read_doc
+from .errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_LIMITS",
     "MODEL_LIMITS",
@@ -245,25 +248,32 @@ def iter_docs(query_results: Any) -> Iterable[Any]:
     Raises:
         TypeError: for any other shape.
     """
+    for _, doc in _placed_docs(query_results):
+        yield doc
+
+
+def _placed_docs(query_results: Any) -> Iterator[tuple[str, Any]]:
+    """:func:`iter_docs`, each document with its place (``query_results['a'][2]``)."""
     if isinstance(query_results, Mapping):
-        lists: Iterable[Any] = query_results.values()
+        lists: Iterable[tuple[Any, Any]] = query_results.items()
     elif isinstance(query_results, (list, tuple)):
-        lists = query_results
+        lists = enumerate(query_results)
     else:
         raise TypeError(
             "query_results must be a dict of lists of documents or a list of lists of "
             f"documents, not {type(query_results).__name__}"
         )
-    for position, docs in enumerate(lists):
+    for position, docs in lists:
         if docs is None:
             continue
         if not isinstance(docs, (list, tuple)):
             raise TypeError(
-                f"query_results[{position}] must be a list of documents, not {type(docs).__name__}"
+                f"query_results[{position!r}] must be a list of documents, "
+                f"not {type(docs).__name__}"
             )
-        for doc in docs:
+        for index, doc in enumerate(docs):
             if doc is not None:
-                yield doc
+                yield f"query_results[{position!r}][{index}]", doc
 
 
 def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Collected[Any]:
@@ -273,17 +283,28 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
     wins (as in zvec, a copy without the field does not hide a later copy that has it).
     Documents without text in ``rerank_field`` (see :func:`prepare_text`) are skipped.
     Identical texts under different ids are listed once in ``texts``.
+
+    Raises:
+        TypeError: ``query_results`` is not a dict or list of lists.
+        ConfigurationError: an entry is not a usable document (no ``id`` or ``field()``,
+            an unhashable id, a field that cannot be read); the message names its place.
     """
     candidates: list[Candidate[Any]] = []
     texts: dict[str, None] = {}
     ids: set[Any] = set()
     seen = 0
-    for doc in iter_docs(query_results):
+    for where, doc in _placed_docs(query_results):
         seen += 1
-        doc_id = doc.id
-        if doc_id in ids:
-            continue
-        text = prepare_text(doc.field(rerank_field), limits)
+        doc_id, value = read_doc(doc, rerank_field, where)
+        try:
+            if doc_id in ids:
+                continue
+            text = prepare_text(value, limits)
+        except Exception as exc:  # the caller's id or field object misbehaved
+            raise ConfigurationError(
+                f"{where}: its id or field {rerank_field!r} could not be used "
+                f"({type(exc).__name__})"
+            ) from exc
         if text is None:
             continue
         ids.add(doc_id)

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from .open import default_cache_dir, open_store, secure_directory
 from .safedisk import SafeDisk
 from .stats import CacheStats, CheckReport, build_stats
 
-__all__ = ["DEFAULT_SIZE_LIMIT", "ScoreCache", "read_stats"]
+__all__ = ["DEFAULT_SIZE_LIMIT", "ScoreCache", "read_stats", "repair_settings"]
 
 logger = logging.getLogger("rerank_cache")
 
@@ -117,6 +117,82 @@ def _corrupt_message(db: Path, exc: BaseException) -> str:
     return (
         f"the cache file {db} is damaged ({exc}). Scores can always be re-fetched: run "
         f"`rerank-cache --cache-dir {db.parent} check --fix`, or move the directory away."
+    )
+
+
+def _settings_message(db: Path, problems: Mapping[int, str]) -> str:
+    listed = "; ".join(sorted(problems.values())[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return (
+        f"refusing the cache in {db.parent}: its settings table holds rows this store never "
+        f"writes ({listed}{more}); something else wrote them. Run "
+        f"`rerank-cache --cache-dir {db.parent} check --fix` to remove them."
+    )
+
+
+def _checked_settings(db: Path, timeout: float) -> None:
+    """Refuse a ``cache.db`` whose ``Settings`` rows diskcache would apply unchecked.
+
+    Read on a read-only connection of our own, before diskcache opens the file.
+
+    Raises:
+        CacheError: an unknown row, or a value of the wrong type.
+        sqlite3.DatabaseError: the file is damaged (the caller decides what then).
+    """
+    if not db.exists():
+        return
+    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        problems = sqlite.unsafe_settings(con)
+    finally:
+        con.close()
+    if problems:
+        raise CacheError(_settings_message(db, problems))
+
+
+def repair_settings(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete the ``Settings`` rows of a disk store that :class:`ScoreCache` would refuse.
+
+    What ``rerank-cache check --fix`` runs before it opens the store; diskcache writes its
+    defaults back for deleted rows when the store is next opened. Return what was removed.
+
+    A damaged file is left alone (nothing removed): opening the store deals with it.
+
+    Raises:
+        CacheDirectoryError: the directory is unsafe.
+        CacheError: the file is locked or cannot be written.
+    """
+    path = secure_directory(Path(directory), create=False)
+    db = path / "cache.db"
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db, timeout=5.0, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        problems = sqlite.unsafe_settings(con)
+        sqlite.delete_settings(con, list(problems))
+        con.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if _is_corruption(exc):
+            return []  # a damaged file: opening it moves it aside (or says so)
+        raise _maintenance_error(db, "repairing settings", exc) from None
+    finally:
+        con.close()
+    return [f"removed {why}" for why in problems.values()]
+
+
+def _maintenance_error(db: Path, what: str, exc: BaseException) -> CacheError:
+    """A maintenance failure as an error of ours, saying what to do."""
+    if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+        return CorruptCacheError(_corrupt_message(db, exc))
+    if isinstance(exc, diskcache.Timeout) or "locked" in str(exc) or "busy" in str(exc):
+        return CacheError(
+            f"{what} gave up: the cache in {db.parent} stayed locked by another process; "
+            "try again when it is less busy"
+        )
+    return CacheError(
+        f"{what} failed in {db.parent} ({type(exc).__name__}: {exc}); check the disk and "
+        f"permissions, or run `rerank-cache --cache-dir {db.parent} check`"
     )
 
 
@@ -243,6 +319,7 @@ class ScoreCache(StoreBase):
 
     def _open_once(self) -> diskcache.Cache:
         self._wait_for_writers()
+        _checked_settings(self._directory / "cache.db", self._open_timeout)
         cache = diskcache.Cache(
             str(self._directory),
             timeout=self._timeout,
@@ -351,29 +428,76 @@ class ScoreCache(StoreBase):
 
     # -- maintenance ---------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _maintenance(self, what: str) -> Iterator[None]:
+        """Turn a lock held too long or a damaged file into an error saying what to do."""
+        try:
+            yield
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise _maintenance_error(self._directory / "cache.db", what, exc) from None
+
     def stats(self) -> CacheStats:
-        """Return entries, hits, misses, usage and a per-model breakdown (all processes)."""
-        return _collect_stats(
-            self._con, str(self._directory), time.time(), self._pending.snapshot()
-        )
+        """Return entries, hits, misses, usage and a per-model breakdown (all processes).
+
+        Raises:
+            CacheError: the file is locked too long or cannot be read
+                (:class:`CorruptCacheError` if damaged).
+        """
+        with self._maintenance("reading stats"):
+            return _collect_stats(
+                self._con, str(self._directory), time.time(), self._pending.snapshot()
+            )
 
     def clear(self, model: str | None = None) -> int:
         """Delete every score, or only ``model``'s; return how many were deleted.
 
-        Counters are kept (they describe history, not contents).
+        Counters are kept (they describe history, not contents). Rows go in chunks of
+        :data:`~rerank_cache.stores.sqlite.DELETE_CHUNK`, each its own transaction, so other
+        processes' writes wait for one chunk, not for the whole clear.
+
+        Raises:
+            CacheError: the file is locked too long or cannot be written
+                (:class:`CorruptCacheError` if damaged).
         """
-        with self._cache.transact():
-            return sqlite.delete_scores(self._con, model)
+        return self._delete_in_chunks("clearing", lambda con: sqlite.delete_scores(con, model))
 
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:
-        """Delete expired scores (only ``model``'s, if given); return how many."""
+        """Delete expired scores (only ``model``'s, if given); return how many.
+
+        In chunks, each its own transaction, like :meth:`clear`.
+
+        Raises:
+            CacheError: the file is locked too long or cannot be written
+                (:class:`CorruptCacheError` if damaged).
+        """
         when = time.time() if now is None else now
-        with self._cache.transact():
-            return sqlite.delete_expired(self._con, when, model)
+        return self._delete_in_chunks(
+            "expiring", lambda con: sqlite.delete_expired(con, when, model)
+        )
+
+    def _delete_in_chunks(self, what: str, delete: Callable[[sqlite3.Connection], int]) -> int:
+        total = 0
+        with self._maintenance(what):
+            while True:
+                started = time.monotonic()
+                with self._cache.transact():
+                    deleted = delete(self._con)
+                total += deleted
+                if deleted < sqlite.DELETE_CHUNK:
+                    return total
+                # A waiting writer polls the lock (SQLite's busy handler sleeps up to 100 ms
+                # between tries); a pause as long as the chunk took lets it in.
+                time.sleep(min(max(time.monotonic() - started, 0.005), 0.05))
 
     def count(self, *, model: str | None = None, expired: bool = False) -> int:
-        """Count live scores (or expired ones), optionally only ``model``'s."""
-        return sqlite.count_scores(self._con, time.time(), model=model, expired=expired)
+        """Count live scores (or expired ones), optionally only ``model``'s.
+
+        Raises:
+            CacheError: the file is locked too long or cannot be read
+                (:class:`CorruptCacheError` if damaged).
+        """
+        with self._maintenance("counting"):
+            return sqlite.count_scores(self._con, time.time(), model=model, expired=expired)
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Check the store's integrity; with ``fix``, repair it.
@@ -392,10 +516,11 @@ class ScoreCache(StoreBase):
             integrity = sqlite.integrity_check(con)
             rows = sqlite.count_rows(con)
             unsafe = sqlite.count_unsafe(con)
+            settings = sqlite.unsafe_settings(con)
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
-                raise
-            integrity, rows, unsafe = str(exc), 0, 0
+                raise _maintenance_error(self._directory / "cache.db", "checking", exc) from None
+            integrity, rows, unsafe, settings = str(exc), 0, 0, {}
         if integrity != "ok":
             message = _corrupt_message(self._directory / "cache.db", RuntimeError(integrity))
             if not fix:
@@ -413,13 +538,15 @@ class ScoreCache(StoreBase):
         fixed = 0
         if unsafe:
             messages.append(f"{unsafe} unsafe row(s): not inline floats (never read)")
+        messages.extend(f"{why} (refused on opening)" for why in settings.values())
         if fix:
-            with self._cache.transact():
+            with self._maintenance("repairing"), self._cache.transact():
                 if unsafe:
                     fixed += sqlite.delete_unsafe(con)
+                fixed += sqlite.delete_settings(con, list(settings))
                 sqlite.reset_count_settings(con)
         return CheckReport(
-            ok=unsafe == 0 or fixed == unsafe,
+            ok=(unsafe == 0 and not settings) or fixed == unsafe + len(settings),
             integrity=integrity,
             rows=rows,
             unsafe_rows=unsafe,

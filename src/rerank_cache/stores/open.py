@@ -59,7 +59,7 @@ def secure_directory(path: Path, *, create: bool = True) -> Path:
         if not create:
             raise CacheDirectoryError(f"cache directory {path} does not exist") from None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_parents(path.parent)
             os.mkdir(path, 0o700)
             os.chmod(path, 0o700)
         except FileExistsError:
@@ -86,6 +86,27 @@ def secure_directory(path: Path, *, create: bool = True) -> Path:
             f"(mode {stat.S_IMODE(info.st_mode):o}). Run: chmod 700 {path}"
         )
     return path
+
+
+def _make_parents(path: Path) -> None:
+    """Create the missing parents of a cache directory 0700, whatever the umask.
+
+    ``Path.mkdir(parents=True)`` creates them ``0777 & ~umask``: 0777 under a umask of 000,
+    so another user could swap the cache directory for their own. Each parent this call
+    creates gets 0700; existing ones are left as they are.
+    """
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # another process created it first
+        os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
 
 
 def resolve_cache_url(url: str | os.PathLike[str]) -> Path | str:

@@ -25,6 +25,7 @@ from ..keys import HASH_DIGITS, KEY_PREFIX, key_range, model_of
 __all__ = [
     "COUNTERS_TABLE",
     "CREATE_COUNTERS_TABLE",
+    "DELETE_CHUNK",
     "add_counters",
     "count_rows",
     "count_scores",
@@ -32,6 +33,7 @@ __all__ = [
     "counters_table_exists",
     "delete_expired",
     "delete_scores",
+    "delete_settings",
     "delete_unsafe",
     "entries",
     "get_scores",
@@ -42,6 +44,7 @@ __all__ = [
     "reset_count_settings",
     "set_busy_timeout",
     "tidy_expired",
+    "unsafe_settings",
     "upsert_scores",
 ]
 
@@ -55,6 +58,9 @@ CREATE_COUNTERS_TABLE = (
 
 _LIVE = "(expire_time IS NULL OR expire_time > ?)"
 _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real'"
+#: Rows one maintenance DELETE removes (one transaction): a few tens of milliseconds of
+#: write lock, so a concurrent writer never waits long for ``clear`` or ``expire``.
+DELETE_CHUNK = 5_000
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
 _MODEL = f"substr(key, {len(KEY_PREFIX) + 1}, length(key) - {len(KEY_PREFIX) + 1 + HASH_DIGITS})"
@@ -159,23 +165,28 @@ def tidy_expired(con: sqlite3.Connection, now: float, limit: int) -> None:
 
 
 def delete_expired(con: sqlite3.Connection, now: float, model: str | None = None) -> int:
-    """Delete every expired row (only ``model``'s, if given); return how many."""
+    """Delete up to :data:`DELETE_CHUNK` expired rows (only ``model``'s, if given); return
+    how many (fewer than the chunk: none are left)."""
     where, args = _of_model(model)
     return int(
         con.execute(
-            "DELETE FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?" + where,
-            (now, *args),
+            "DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache WHERE "
+            f"expire_time IS NOT NULL AND expire_time <= ?{where} LIMIT ?)",
+            (now, *args, DELETE_CHUNK),
         ).rowcount
     )
 
 
 def delete_scores(con: sqlite3.Connection, model: str | None = None) -> int:
-    """Delete every row, or only ``model``'s scores; return how many."""
-    if model is None:
-        return int(con.execute("DELETE FROM Cache").rowcount)
+    """Delete up to :data:`DELETE_CHUNK` rows, or only ``model``'s scores; return how many
+    (fewer than the chunk: none are left)."""
+    where, args = (
+        ("", ()) if model is None else (f" WHERE {_MODEL} = ? AND {_CURRENT}", (model, KEY_PREFIX))
+    )
     return int(
         con.execute(
-            f"DELETE FROM Cache WHERE {_MODEL} = ? AND {_CURRENT}", (model, KEY_PREFIX)
+            f"DELETE FROM Cache WHERE rowid IN (SELECT rowid FROM Cache{where} LIMIT ?)",
+            (*args, DELETE_CHUNK),
         ).rowcount
     )
 
@@ -218,6 +229,79 @@ def reset_count_settings(con: sqlite3.Connection) -> None:
     none), after rows were deleted behind its back."""
     con.execute("UPDATE Settings SET value = ? WHERE key = 'count'", (count_rows(con),))
     con.execute("UPDATE Settings SET value = 0 WHERE key = 'size'")
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def _flag(value: Any) -> bool:
+    return type(value) is int and value in (0, 1)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _small(high: int) -> Any:
+    return lambda value: type(value) is int and 0 <= value <= high
+
+
+#: Every ``Settings`` row diskcache (as ScoreCache opens it) writes, and what its value may
+#: be. diskcache applies each row with ``setattr`` on opening (``disk_*`` rows go to the
+#: Disk's constructor, ``sqlite_*`` rows into ``PRAGMA name = value``), so a row outside
+#: this table could move the store, break it, or inject SQL: such a store is refused.
+_SETTINGS: Mapping[str, Any] = {
+    "statistics": _flag,
+    "tag_index": _flag,
+    "eviction_policy": lambda value: (
+        value in ("least-recently-stored", "least-recently-used", "least-frequently-used", "none")
+    ),
+    "size_limit": _count,
+    "cull_limit": _count,
+    "sqlite_auto_vacuum": _small(2),
+    "sqlite_cache_size": lambda value: type(value) is int,
+    "sqlite_journal_mode": lambda value: value == "wal",
+    "sqlite_mmap_size": _count,
+    "sqlite_synchronous": _small(3),
+    "disk_min_file_size": _count,
+    "disk_pickle_protocol": _small(5),
+    # diskcache's metadata rows; "count" and "size" are kept by its triggers.
+    "count": lambda value: type(value) is int,
+    "size": lambda value: type(value) is int,
+    "hits": lambda value: type(value) is int,
+    "misses": lambda value: type(value) is int,
+}
+
+
+def unsafe_settings(con: sqlite3.Connection) -> dict[int, str]:
+    """``Settings`` rows ScoreCache never writes, by rowid, each with why (none if no table).
+
+    Run it on a connection of our own, before diskcache opens the file and applies them.
+
+    Raises:
+        sqlite3.DatabaseError: the file is damaged (or locked).
+    """
+    try:
+        rows = con.execute("SELECT rowid, key, value FROM Settings").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    unsafe: dict[int, str] = {}
+    for rowid, key, value in rows:
+        check = _SETTINGS.get(key) if isinstance(key, str) else None
+        if check is None:
+            unsafe[rowid] = f"unknown setting {key!r}"
+        elif not check(value):
+            unsafe[rowid] = f"setting {key!r} has an unexpected value ({type(value).__name__})"
+    return unsafe
+
+
+def delete_settings(con: sqlite3.Connection, rowids: list[int]) -> int:
+    """Delete ``Settings`` rows by rowid (diskcache writes its defaults back on opening)."""
+    return sum(
+        con.execute("DELETE FROM Settings WHERE rowid = ?", (rowid,)).rowcount for rowid in rowids
+    )
 
 
 # -- counters --------------------------------------------------------------------------------
