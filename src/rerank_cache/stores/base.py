@@ -3,10 +3,12 @@
 * :class:`ScoreStore`: what the caching layer needs on the request path; never raises for
   storage trouble. :class:`AdminStore` adds what the ``rerank-cache`` command needs.
 * :class:`StoreBase`: the part of a store that is not about its backend: the usage counters
-  kept in memory and flushed with the next write, the flush itself, the flush of every open
-  store at interpreter exit, the context manager, and the fail-open logging. A backend
-  supplies the hooks (``_where``, ``_write_counters_now``, ``_release`` and, when it has
-  something to add, ``_failed``, ``_is_down``, ``_reachable``).
+  kept in memory and flushed with the next write or by the process's background flush
+  thread, the flush of a store object collected without ``close()`` and of every open store
+  at interpreter exit, the context manager, and the fail-open logging. A backend supplies
+  the hooks (``_where``, ``_write_counters_now``, ``_counter_writer``, ``_release`` and,
+  when it has something to add, ``_failed``, ``_is_down``, ``_reachable``,
+  ``_background_done``).
 * The TTL argument both stores take (:data:`TTL_UNSET`, :func:`ttl_seconds`) and
   :func:`finite_scores`, the one rule of what is worth storing.
 
@@ -18,9 +20,11 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
+import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -32,9 +36,11 @@ __all__ = [
     "REDIS_SCHEMES",
     "TTL_UNSET",
     "AdminStore",
+    "CounterWriter",
     "ScoreStore",
     "StoreBase",
     "finite_scores",
+    "flush_due",
     "ttl_seconds",
 ]
 
@@ -144,13 +150,103 @@ class AdminStore(ScoreStore, Protocol):
         """Close the store."""
 
 
+#: Writes pending counters through a store's backend without holding the store itself.
+CounterWriter = Callable[[Mapping[str, Counter[str]]], None]
+
 _OPEN: weakref.WeakSet[StoreBase] = weakref.WeakSet()
+#: Counters of store objects collected without close(): (where, pending, writer).
+_ORPHANS: list[tuple[str, PendingCounters, CounterWriter]] = []
+_ORPHANS_LOCK = threading.Lock()
+
+
+class _Flusher:
+    """The process's background flush: one daemon thread for every open store.
+
+    It wakes every ``stats_flush_interval`` (the shortest of the open stores, at most a
+    second) and writes the counters that are due, never waiting for another process's lock
+    (``wait=False``), so an idle or busy process shows its lookups to ``stats`` soon, and no
+    write happens on the caller's thread. A forked child starts its own on first use.
+    """
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+
+    def ensure(self) -> None:
+        """Start the thread in this process if it is not running."""
+        if self.pid == os.getpid():
+            return
+        with self.lock:
+            if self.pid == os.getpid():
+                return
+            self.wake = threading.Event()
+            thread = threading.Thread(target=self._run, name="rerank-cache-stats", daemon=True)
+            thread.start()
+            self.pid = os.getpid()
+
+    def _period(self) -> float:
+        intervals = [store._pending.flush_interval for store in list(_OPEN)]
+        return min([1.0, *intervals]) if intervals else 1.0
+
+    def _run(self) -> None:  # pragma: no cover - exercised through its effects
+        wake = self.wake
+        while True:
+            wake.wait(max(0.05, self._period()))
+            wake.clear()
+            try:
+                flush_due()
+            except Exception:  # the thread must outlive any one store's trouble
+                logger.debug("rerank-cache: background flush failed", exc_info=True)
+
+
+_FLUSHER = _Flusher()
+
+
+def flush_due() -> None:
+    """Write the counters of every store whose ``stats_flush_interval`` has passed, and those
+    of store objects collected without being closed. Never waits for a lock."""
+    _write_orphans(wait=False)
+    for store in list(_OPEN):
+        if store._pending.due():
+            store._flush(wait=False, background=True)
+
+
+def _write_orphans(*, wait: bool) -> None:
+    with _ORPHANS_LOCK:
+        orphans = list(_ORPHANS)
+    for orphan in orphans:
+        where, pending, write = orphan
+        taken = pending.take()
+        try:
+            if taken:
+                write(taken)
+        except Exception as exc:  # noqa: BLE001 - any backend failure: keep them for later
+            pending.restore(taken)
+            if wait:
+                logger.warning(
+                    "rerank-cache: could not write stats counters to %s (%s)", where, exc
+                )
+            continue
+        with _ORPHANS_LOCK:
+            if orphan in _ORPHANS:
+                _ORPHANS.remove(orphan)
+
+
+def _orphaned(where: str, pending: PendingCounters, write: CounterWriter) -> None:
+    """A store object was collected without close(): its counters go to the flusher."""
+    if not pending:
+        return
+    with _ORPHANS_LOCK:
+        _ORPHANS.append((where, pending, write))
+    _FLUSHER.wake.set()
 
 
 @atexit.register
 def _flush_open_stores() -> None:  # pragma: no cover - runs at interpreter exit
     for store in list(_OPEN):
         store.flush_stats()
+    _write_orphans(wait=True)
 
 
 class StoreBase:
@@ -171,10 +267,19 @@ class StoreBase:
         self._ttl = ttl_seconds(DEFAULT_TTL if ttl is TTL_UNSET else ttl)
         self._pending = PendingCounters(stats_flush_interval)
         self._closed = False
+        # Held by a flush and by close(), so the flusher never writes through a closed store.
+        self._flush_lock = threading.RLock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     def _opened(self) -> None:
-        """Register the store, so counters still in memory at interpreter exit are written."""
+        """Register the store with the background flush, and flush its counters when the
+        object is collected without close() (through the backend, not the store)."""
         _OPEN.add(self)
+        self._finalizer = weakref.finalize(
+            self, _orphaned, self._where, self._pending, self._counter_writer()
+        )
+        self._finalizer.atexit = False  # _flush_open_stores writes them at exit
+        _FLUSHER.ensure()
 
     @property
     def ttl(self) -> float | None:
@@ -214,6 +319,15 @@ class StoreBase:
     def _release(self) -> None:
         """Release connections (counters are flushed already)."""
         raise NotImplementedError
+
+    def _counter_writer(self) -> CounterWriter:
+        """A function that adds pending counters to the stored ones, waiting at most a short
+        timeout for a lock, and that refers to the backend's connection but not to the store
+        (it outlives the store object, for :func:`weakref.finalize`)."""
+        raise NotImplementedError
+
+    def _background_done(self) -> None:
+        """The background thread finished a flush: release what it holds of this store."""
 
     def _failed(self, exc: BaseException) -> str:
         """React to storage trouble; return a hint for the warning (may be empty)."""
@@ -291,10 +405,10 @@ class StoreBase:
     # -- counters ------------------------------------------------------------------------
 
     def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
-        """Count pairs looked up; written at most every ``stats_flush_interval`` seconds."""
+        """Count pairs looked up; a background thread writes them every
+        ``stats_flush_interval`` seconds (this never writes)."""
         self._pending.add(model, {"hits": hits, "misses": misses})
-        if self._pending.due() and not self._is_down():
-            self._flush(wait=False)
+        _FLUSHER.ensure()
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
@@ -308,7 +422,32 @@ class StoreBase:
         """
         self._flush(wait=True)
 
-    def _flush(self, *, wait: bool) -> None:
+    def _flush(self, *, wait: bool, background: bool = False) -> None:
+        if background:
+            if self._is_down() or not self._flush_lock.acquire(blocking=False):
+                return  # a flush or close is under way in another thread
+        else:
+            self._flush_lock.acquire()
+        try:
+            self._flush_locked(wait=wait)
+        finally:
+            if background and not self._closed:
+                self._background_done()
+            self._flush_lock.release()
+
+    def _pending_here(self) -> dict[str, Counter[str]]:
+        """Counters not written yet of every store object of this process on this store."""
+        merged: dict[str, Counter[str]] = {}
+        where = self._where
+        with _ORPHANS_LOCK:
+            pendings = [p for w, p, _ in _ORPHANS if w == where]
+        pendings += [s._pending for s in list(_OPEN) if s is not self and s._where == where]
+        for pending in [self._pending, *pendings]:
+            for model, deltas in pending.snapshot().items():
+                merged.setdefault(model, Counter()).update(deltas)
+        return merged
+
+    def _flush_locked(self, *, wait: bool) -> None:
         if self._closed or not self._pending:
             return
         pending = self._pending.take()
@@ -347,12 +486,15 @@ class StoreBase:
 
     def close(self) -> None:
         """Flush counters and release the store's connections."""
-        if self._closed:
-            return
-        self.flush_stats()
-        self._closed = True
-        self._release()
-        _OPEN.discard(self)
+        with self._flush_lock:
+            if self._closed:
+                return
+            self.flush_stats()
+            self._closed = True
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._release()
+            _OPEN.discard(self)
 
     def __enter__(self: _Store) -> _Store:
         return self

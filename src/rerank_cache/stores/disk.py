@@ -4,7 +4,7 @@ One row per (model, instruct, query, document) score, keyed by :mod:`rerank_cach
 value an inline float, with an expiry time. Reads are one batched ``SELECT`` on the
 ``(key, raw)`` index and never write; writes happen once per completed DashScope request, in
 one transaction together with the usage counters. Counters of hits and misses are kept in
-memory and flushed with the next write, at most every ``stats_flush_interval`` seconds, and
+memory and flushed with the next write, by a background thread every ``stats_flush_interval`` s, and
 on :meth:`ScoreCache.close`, so the all-hits path stays write-free. The SQL itself is in
 :mod:`rerank_cache.stores.sqlite`; the counters, flush and fail-open logging in
 :class:`~rerank_cache.stores.base.StoreBase`.
@@ -16,6 +16,7 @@ are logged and counted, and the rerank goes on through the API.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -30,7 +31,7 @@ import diskcache
 
 from ..errors import CacheDirectoryError, CacheError, CorruptCacheError
 from . import sqlite
-from .base import TTL_UNSET, AdminStore, StoreBase
+from .base import TTL_UNSET, AdminStore, CounterWriter, StoreBase
 from .open import default_cache_dir, open_store, secure_directory
 from .safedisk import SafeDisk
 from .stats import CacheStats, CheckReport, build_stats
@@ -392,6 +393,12 @@ class ScoreCache(StoreBase):
     def _release(self) -> None:
         self._cache.close()
 
+    def _counter_writer(self) -> CounterWriter:
+        return functools.partial(sqlite.add_counters_to, self._directory / "cache.db")
+
+    def _background_done(self) -> None:
+        self._cache.close()  # diskcache closes the calling thread's connection only
+
     # -- reads and writes (StoreBase hooks): one SELECT, one transaction --------------------
 
     def _read_scores(self, keys: list[str]) -> dict[str, float]:
@@ -445,7 +452,7 @@ class ScoreCache(StoreBase):
         """
         with self._maintenance("reading stats"):
             return _collect_stats(
-                self._con, str(self._directory), time.time(), self._pending.snapshot()
+                self._con, str(self._directory), time.time(), self._pending_here()
             )
 
     def clear(self, model: str | None = None) -> int:

@@ -9,7 +9,7 @@ code that writes and parses it, are in :mod:`rerank_cache.stores.redis_format`.
 Reads are one ``MGET`` per call and never write. A write is one ``MULTI`` per call: the
 scores (``SET ... PX ... GET``, which also tells which keys were already live: duplicate
 sends), the entries counter and the usage counters. Hit and miss counts are kept in memory
-and flushed with the next write, at most every ``stats_flush_interval`` seconds, and on
+and flushed with the next write, by a background thread every ``stats_flush_interval`` s, and on
 :meth:`RedisScoreCache.close`.
 
 Entries per model come from the ``{ns}:entries`` counters, not from a ``SCAN``: a ``SCAN``
@@ -61,7 +61,7 @@ from redis.retry import Retry
 
 from ..errors import CacheError, ConfigurationError
 from ..keys import HASH_DIGITS, key_head
-from .base import REDIS_SCHEMES, TTL_UNSET, StoreBase
+from .base import REDIS_SCHEMES, TTL_UNSET, CounterWriter, StoreBase
 from .redis_check import check_namespace, scan_batches
 from .redis_format import (
     DEFAULT_NAMESPACE,
@@ -86,6 +86,13 @@ _PRUNE_EVERY = 600.0  # seconds between removals of expired entry buckets, per p
 _PRUNE_GRACE_MS = 3_600_000  # keep a bucket an hour past its end: clocks of hosts differ
 #: What counts as storage trouble (fails open); the first three mean Redis is unreachable.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _queue_counters(pipe: Any, key: str, counters: Mapping[str, Mapping[str, int]]) -> None:
+    for model, deltas in counters.items():
+        for name, value in deltas.items():
+            if value:
+                pipe.hincrby(key, f"{name}:{model}", value)
 
 
 class RedisScoreCache(StoreBase):
@@ -305,10 +312,17 @@ class RedisScoreCache(StoreBase):
         return not failed
 
     def _queue_counters(self, pipe: Any, counters: Mapping[str, Counter[str]]) -> None:
-        for model, deltas in counters.items():
-            for name, value in deltas.items():
-                if value:
-                    pipe.hincrby(self._counters_key, f"{name}:{model}", value)
+        _queue_counters(pipe, self._counters_key, counters)
+
+    def _counter_writer(self) -> CounterWriter:
+        client, key = self._client, self._counters_key
+
+        def write(counters: Mapping[str, Counter[str]]) -> None:
+            pipe = client.pipeline(transaction=True)
+            _queue_counters(pipe, key, counters)
+            pipe.execute()
+
+        return write
 
     def _uncount(self, bucket: str, n: int) -> None:
         try:
@@ -361,7 +375,7 @@ class RedisScoreCache(StoreBase):
                 raise self._unavailable(result)
         now_ms = int(time.time() * 1000)
         counters = parse_counters(counters_raw)
-        for model, deltas in self._pending.snapshot().items():
+        for model, deltas in self._pending_here().items():
             counters.setdefault(model, Counter()).update(deltas)
         entries, oldest, newest = live_entries(entries_raw, now_ms)
         size = 0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))

@@ -18,6 +18,7 @@ import math
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..keys import HASH_DIGITS, KEY_PREFIX, key_range, model_of
@@ -27,6 +28,7 @@ __all__ = [
     "CREATE_COUNTERS_TABLE",
     "DELETE_CHUNK",
     "add_counters",
+    "add_counters_to",
     "count_rows",
     "count_scores",
     "count_unsafe",
@@ -333,6 +335,17 @@ def add_counters(con: sqlite3.Connection, counters: Mapping[str, Mapping[str, in
             "ON CONFLICT(model, name) DO UPDATE SET value = value + excluded.value",
             rows,
         )
+
+
+def add_counters_to(db: Path, counters: Mapping[str, Mapping[str, int]]) -> None:
+    """Add counters to ``db`` through a connection of its own, waiting at most a second for
+    another process's lock (the flush of a store object that was never closed)."""
+    con = sqlite3.connect(db, timeout=1.0)
+    try:
+        with con:
+            add_counters(con, counters)
+    finally:
+        con.close()
 
 
 # -- stats -----------------------------------------------------------------------------------
