@@ -19,8 +19,8 @@ PACKAGE = ROOT / "src" / "rerank_cache"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0 leaves: no imports from the package
     (
-        "errors", "doc", "keys", "pricing", "singleflight", "examples", "client.results",
-        "client.sdk", "stores.stats", "stores.counters", "stores.safedisk", "serve.wire",
+        "errors", "doc", "keys", "pricing", "wire_rules", "singleflight", "examples",
+        "client.results", "client.sdk", "stores.stats", "stores.counters", "stores.safedisk",
         "testing.scoring", "testing.wire",
     ),
     # 1 pure decisions and contracts

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..planning import DEFAULT_LIMITS
+from ..wire_rules import documents_problem, missing_parameter, parameters_problem
+
 __all__ = [
     "MAX_DOCUMENT_CHARS",
     "ProxyError",
@@ -28,8 +31,8 @@ __all__ = [
     "ranked",
 ]
 
-#: DashScope answers 400 for a longer document.
-MAX_DOCUMENT_CHARS = 300_000
+#: DashScope answers 400 for a longer document (the same for every model it lists).
+MAX_DOCUMENT_CHARS = DEFAULT_LIMITS.max_item_chars
 
 
 class ProxyError(Exception):
@@ -79,9 +82,7 @@ def parse_native(payload: Mapping[str, Any], *, max_documents: int) -> RerankReq
     """Check a native request (``model``, ``input``, ``parameters``)."""
     inp = payload.get("input")
     if not isinstance(inp, dict):
-        raise ProxyError(
-            400, "BadRequest.EmptyInput", 'Required parameter "input" missing from request.'
-        )
+        raise ProxyError(400, "BadRequest.EmptyInput", missing_parameter("input"))
     params = payload.get("parameters")
     if params is None:
         params = {}
@@ -104,26 +105,21 @@ def _checked(
     params_path: str,
 ) -> RerankRequest:
     if model is None or model == "":
-        raise ProxyError(
-            400, "BadRequest.EmptyModel", 'Required parameter "model" missing from request.'
-        )
+        raise ProxyError(400, "BadRequest.EmptyModel", missing_parameter("model"))
     if not isinstance(model, str) or not model.strip():
         raise _invalid("model should be a non-empty string.")
     query = inp.get("query")
     if query is None or query == "":
-        raise ProxyError(
-            400, "BadRequest.EmptyInput", 'Required parameter "query" missing from request.'
-        )
+        raise ProxyError(400, "BadRequest.EmptyInput", missing_parameter("query"))
     if not isinstance(query, str) or not query.strip():
         raise _invalid(f"query should be a non-empty string.: {input_path}query")
     _encodable(query, f"{input_path}query")
     documents = _documents(inp.get("documents"), max_documents, input_path)
+    problem = parameters_problem(params, path=params_path)
+    if problem is not None:
+        raise _invalid(problem)
     top_n = params.get("top_n")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise _invalid(f"top_n should be a positive integer.: {params_path}top_n")
     return_documents = params.get("return_documents")
-    if return_documents is not None and not isinstance(return_documents, bool):
-        raise _invalid(f"return_documents should be a boolean.: {params_path}return_documents")
     instruct = params.get("instruct")
     if instruct is not None:
         # A blank instruct would be cached apart from "no instruct" for nothing.
@@ -141,24 +137,12 @@ def _checked(
 
 
 def _documents(value: Any, max_documents: int, input_path: str) -> tuple[str, ...]:
-    if value is None:
-        value = []
-    if not isinstance(value, list):
-        raise _invalid(f"documents should be a list.: {input_path}documents")
-    if not value or len(value) > max_documents:
-        raise _invalid(
-            "batch size of documents is invalid, it should not be empty or larger than "
-            f"{max_documents}"
-        )
-    for i, document in enumerate(value):
-        if not isinstance(document, str):
-            raise _invalid(f"document index:{i} is invalid, it should be a string")
-        if not document:
-            raise _invalid(f"text input should not be empty.: {input_path}documents")
-        if len(document) > MAX_DOCUMENT_CHARS:
-            raise _invalid(
-                f"document index:{i} is invalid, it should not be larger than {MAX_DOCUMENT_CHARS}"
-            )
+    problem = documents_problem(
+        value, max_documents=max_documents, max_item_chars=MAX_DOCUMENT_CHARS, path=input_path
+    )
+    if problem is not None:
+        raise _invalid(problem)
+    for document in value:
         _encodable(document, f"{input_path}documents")
     return tuple(value)
 

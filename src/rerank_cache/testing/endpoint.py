@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from ..wire_rules import documents_problem, missing_parameter, parameters_problem
 from .faults import FaultQueue, apply_malform
 from .limits import ModelLimits
 from .records import Recorder
@@ -25,7 +26,6 @@ from .wire import (
     Seen,
     dropped_reply,
     error_reply,
-    is_int,
     key_digest,
     not_found_reply,
     presented_key,
@@ -152,7 +152,7 @@ def _invalid(message: str) -> ApiError:
 
 
 def _missing(code: str, name: str) -> ApiError:
-    return ApiError(400, code, f'Required parameter "{name}" missing from request.')
+    return ApiError(400, code, missing_parameter(name))
 
 
 def rerank(payload: object, limits: Mapping[str, ModelLimits]) -> tuple[Reply, int]:
@@ -182,18 +182,26 @@ def rerank(payload: object, limits: Mapping[str, ModelLimits]) -> tuple[Reply, i
         raise _missing("BadRequest.EmptyInput", "query")
     if not isinstance(query, str):
         raise _invalid("query should be a string.: input.query")
-    documents = _documents(inp.get("documents"), model_limits)
+    documents = inp.get("documents")
+    problem = documents_problem(
+        documents,
+        max_documents=model_limits.max_documents,
+        max_item_chars=model_limits.max_item_chars,
+        path="input.",
+    )
+    if problem is not None:
+        raise _invalid(problem)
+    assert isinstance(documents, list)  # checked just above
     params = payload.get("parameters")
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise _invalid("parameters should be an object.")
+    problem = parameters_problem(params, path="parameters.")
+    if problem is not None:
+        raise _invalid(problem)
     top_n = params.get("top_n")
-    if top_n is not None and (not is_int(top_n) or top_n < 1):
-        raise _invalid("top_n should be a positive integer.: parameters.top_n")
     return_documents = params.get("return_documents")
-    if return_documents is not None and not isinstance(return_documents, bool):
-        raise _invalid("return_documents should be a boolean.: parameters.return_documents")
     instruct = params.get("instruct")
     if instruct is not None and not isinstance(instruct, str):
         raise _invalid("instruct should be a string.: parameters.instruct")
@@ -233,27 +241,3 @@ def rerank(payload: object, limits: Mapping[str, ModelLimits]) -> tuple[Reply, i
         total_tokens=total_tokens,
     )
     return reply, n
-
-
-def _documents(documents: object, limits: ModelLimits) -> list[str]:
-    """The ``input.documents`` list, checked against the model's limits."""
-    if documents is None:
-        documents = []
-    if not isinstance(documents, list):
-        raise _invalid("documents should be a list.: input.documents")
-    if not documents or len(documents) > limits.max_documents:
-        raise _invalid(
-            "batch size of documents is invalid, it should not be empty or larger than "
-            f"{limits.max_documents}"
-        )
-    for i, document in enumerate(documents):
-        if not isinstance(document, str):
-            raise _invalid(f"document index:{i} is invalid, it should be a string")
-        if not document:
-            raise _invalid("text input should not be empty.: input.documents")
-        if len(document) > limits.max_item_chars:
-            raise _invalid(
-                f"document index:{i} is invalid, it should not be larger than "
-                f"{limits.max_item_chars}"
-            )
-    return documents
