@@ -36,6 +36,7 @@ from rerank_cache import (
     score_key,
 )
 
+from ..urls import redact_url
 from .auth import AcceptedKeys, bearer, no_key_error
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, RequestMetrics, render_store_metrics
@@ -99,7 +100,7 @@ class Proxy:
         self.metrics = RequestMetrics()
 
     def __repr__(self) -> str:
-        return f"Proxy(upstream={self._config.upstream!r}, store={self._store!r})"
+        return f"Proxy(upstream={redact_url(self._config.upstream)!r}, store={self._store!r})"
 
     @property
     def config(self) -> ServeConfig:
