@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,52 @@ def test_a_body_missing_a_field_is_malformed_not_a_version_problem() -> None:
 
     exc = TypeError("ReRankResult.__init__() missing 1 required positional argument: 'x'")
     assert isinstance(translate(exc, timeout=1.0, base_url="http://h"), MalformedResponseError)
+
+
+# -- item 2: a slowly sent body is bounded by the timeout and the deadline ---------------------
+
+
+def _trickled_call(server: DashScopeServer, **kwargs: Any) -> QwenReRanker:
+    from rerank_cache import RetryPolicy
+
+    # A 200 of ~150 bytes, one byte every 0.25 s: ~40 s when only each read is bounded.
+    server.trickle_next(0.25, times=10)
+    return QwenReRanker(
+        "q",
+        rerank_field="content",
+        api_key=API_KEY,
+        base_url=server.base_url,
+        timeout=0.5,
+        retry=RetryPolicy(deadline=1.5, sleep=lambda seconds: None),
+        **kwargs,
+    )
+
+
+def test_trickled_body_is_bounded_sync(server: DashScopeServer) -> None:
+    """The sync path gives up on a body that trickles in: RequestTimeoutError, never the
+    scores of a response that outlived its timeout."""
+    from rerank_cache import RequestTimeoutError
+
+    with pytest.raises(RequestTimeoutError):
+        _trickled_call(server).rerank([make_docs(1)])
+
+
+@pytest.mark.asyncio
+async def test_trickled_body_is_bounded_async(server: DashScopeServer) -> None:
+    """The async twin gives up the same way."""
+    from rerank_cache import RequestTimeoutError, close_async_sessions
+
+    try:
+        with pytest.raises(RequestTimeoutError):
+            await _trickled_call(server).arerank([make_docs(1)])
+    finally:
+        await close_async_sessions()
+
+
+def test_a_normal_body_still_arrives_through_the_bounded_adapter(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """Bodies larger than one read (1,000 documents) and slow first bytes pass unharmed."""
+    server.delay_next(0.2)
+    docs = make_docs(1000, chars=30)
+    assert len(make_reranker(timeout=5.0).rerank([docs], topn=1000)) == 1000
