@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rerank_cache import CachedReRanker, MalformedResponseError, QwenReRanker, ScoreCache
+from rerank_cache import CachedReRanker, MalformedResponseError, QwenReRanker, ScoreCache, score_key
 from rerank_cache.testing import DashScopeServer
 
 from .helpers import API_KEY, make_docs
@@ -318,3 +318,84 @@ def test_a_normal_body_still_arrives_through_the_bounded_adapter(
     server.delay_next(0.2)
     docs = make_docs(1000, chars=30)
     assert len(make_reranker(timeout=5.0).rerank([docs], topn=1000)) == 1000
+
+
+# -- item 7: a test server never answers for DashScope ------------------------------------------
+
+_DASHSCOPE_HOSTS = st.sampled_from(["dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    _DASHSCOPE_HOSTS,
+    st.sampled_from(["https", "HTTPS"]),
+    st.booleans(),
+    st.sampled_from(["", "/", "//"]),
+    st.sampled_from(["", "user:pw@", "k:S3cr@"]),
+)
+def test_dashscope_regions_share_one_scorer(
+    host: str, scheme: str, upper: bool, slash: str, creds: str
+) -> None:
+    """Every spelling of DashScope's own endpoints (case, port 443, trailing slash,
+    credentials) is the one scorer "dashscope"."""
+    from rerank_cache.keys import DASHSCOPE_SCORER, scorer_id
+
+    shown = host.upper() if upper else host
+    for port in ("", ":443"):
+        assert scorer_id(f"{scheme}://{creds}{shown}{port}/api/v1{slash}") == DASHSCOPE_SCORER
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["http", "https"]),
+    st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z]{2,5}){0,2}", fullmatch=True),
+    st.integers(min_value=1, max_value=65535) | st.none(),
+    st.from_regex(r"(/[a-z0-9]{1,6}){0,3}", fullmatch=True),
+    _PASSWORDS,
+)
+def test_any_other_endpoint_is_its_own_scorer(
+    scheme: str, host: str, port: int | None, path: str, password: str
+) -> None:
+    """Any other base URL is a scorer of its own: never DashScope's, the same whatever the
+    credentials, different for another host, port or path, and holding no credentials."""
+    from rerank_cache.keys import DASHSCOPE_SCORER, scorer_id
+
+    netloc = host + (f":{port}" if port is not None else "")
+    url = f"{scheme}://{netloc}{path}"
+    if scheme == "https" and host in ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"):
+        return
+    ident = scorer_id(url)
+    assert ident != DASHSCOPE_SCORER
+    assert scorer_id(f"{scheme}://u:{password}@{netloc}{path}") == ident
+    assert password not in ident
+    assert scorer_id(f"{scheme}://{netloc}{path}/other") != ident
+    assert scorer_id(f"{scheme}://x{netloc}{path}") != ident
+
+
+def test_scores_from_one_endpoint_are_never_served_for_another(
+    server: DashScopeServer, tmp_path: Path
+) -> None:
+    """A store filled through one endpoint misses everything for another endpoint (and for
+    DashScope's), and still hits for the first."""
+    docs = make_docs(5)
+    with ScoreCache(tmp_path / "scores") as store, DashScopeServer() as staging:
+
+        def reranker(url: str) -> CachedReRanker:
+            return QwenReRanker("q", rerank_field="content", api_key=API_KEY, base_url=url).cached(
+                store
+            )
+
+        reranker(staging.base_url).rerank([docs])
+        assert staging.stats.documents == 5
+        reranker(server.base_url).rerank([docs])
+        assert server.stats.documents == 5  # not served staging's scores
+        reranker(staging.base_url).rerank([docs])
+        assert staging.stats.documents == 5  # its own scores still hit
+        real = reranker("https://dashscope-intl.aliyuncs.com/api/v1")
+        assert real.scorer_id == "dashscope"
+        assert not store.get_many(
+            [
+                score_key(real.model, None, "q", d.field("content"), scorer=real.scorer_id)
+                for d in docs
+            ]
+        )

@@ -258,6 +258,13 @@ class QwenReRanker(RerankMethods):
         return self._client.base_url
 
     @property
+    def scorer_id(self) -> str:
+        """Who scores: ``"dashscope"`` for DashScope's own endpoints, else a hash of
+        :attr:`base_url` (part of every cache key, so a test server never answers for
+        DashScope)."""
+        return self._client.scorer_id
+
+    @property
     def limits(self) -> ModelLimits:
         """The request limits used to split work into requests."""
         return self._client.limits

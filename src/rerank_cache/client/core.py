@@ -28,6 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from ..errors import ConfigurationError, DashScopeError
+from ..keys import scorer_id
 from ..planning import ModelLimits, iter_batches
 from ..ratelimit import RateLimiter
 from ..urls import redact_url
@@ -93,6 +94,8 @@ class DashScopeClient:
         self._base_url = base_url  # may hold credentials: sent, never shown
         #: The API base address as shown in messages, logs and reprs (credentials redacted).
         self.base_url = redact_url(base_url)
+        #: Who scores this client's requests: part of every cache key (see keys.scorer_id).
+        self.scorer_id = scorer_id(base_url)
         self.limits = limits
         self.instruct = instruct
         self.timeout = timeout

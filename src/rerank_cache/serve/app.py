@@ -239,7 +239,11 @@ class Proxy:
         if not verified:
             # A key DashScope never accepted is not answered from the cache: when every
             # pair is cached, ask DashScope about the key first, as cheaply as possible.
-            keys = [score_key(model, parsed.instruct, parsed.query, text) for text in texts]
+            scorer = reranker.scorer_id
+            keys = [
+                score_key(model, parsed.instruct, parsed.query, text, scorer=scorer)
+                for text in texts
+            ]
             found = await asyncio.to_thread(self._store.get_many, keys)
             if len(found) == len(keys):
                 tokens += await self._verify(key, model)
@@ -273,7 +277,7 @@ class Proxy:
         # The probe was paid for: count it, and keep its score like any other.
         await asyncio.to_thread(
             self._store.put_many,
-            {score_key(model, None, _PROBE, _PROBE): result.scores[_PROBE]},
+            {score_key(model, None, _PROBE, _PROBE, scorer=probe.scorer_id): result.scores[_PROBE]},
             model=model,
             api_requests=len(result.batches),
             documents_sent=1,
