@@ -195,7 +195,7 @@ async def test_cancelled_task_leaves_no_partial_entries(
     out = await asyncio.wait_for(waiter, timeout=10)
     assert len(out) == 20
     assert all(d.score == score(r.query, d.field("content")) for d in out)
-    kb = KeyBuilder(r.model, None, r.query)
+    kb = KeyBuilder(r.model, None, r.query, scorer=r.scorer_id)
     stored = cache.get_many(kb.key(d.field("content")) for d in docs)
     assert len(stored) == 20  # written once, whole, by the waiter's request
     assert all(

@@ -92,7 +92,7 @@ def test_each_request_is_stored_as_it_completes(
     assert len(groups) == 3
     slow_text = texts[groups[0][0]]
     server.delay_next(1.0, match=slow_text)
-    kb = KeyBuilder(r.model, None, r.query)
+    kb = KeyBuilder(r.model, None, r.query, scorer=r.scorer_id)
     seen: list[tuple[int, int, int]] = []  # (requests answered, batch size, batch in store)
 
     def on_batch(batch: BatchResult) -> None:

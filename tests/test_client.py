@@ -149,10 +149,10 @@ def test_exception_table_maps_each_row(
     assert text in str(error)
 
 
-def test_exception_table_passes_on_what_it_does_not_know() -> None:
-    """An exception no row matches propagates unchanged."""
-    exc = RuntimeError("boom")
-    assert translate(exc, timeout=1.0, base_url="http://x/") is exc
+def test_exception_table_maps_what_it_does_not_know_to_dashscope_error() -> None:
+    """An exception no row matches becomes a plain DashScopeError (issue 13 item 5)."""
+    error = translate(RuntimeError("boom"), timeout=1.0, base_url="http://x/")
+    assert type(error) is DashScopeError
 
 
 def test_rate_limit_refusal_counts_one_failure(

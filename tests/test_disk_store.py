@@ -31,6 +31,7 @@ from rerank_cache import (
     read_stats,
     score_key,
 )
+from rerank_cache.keys import scorer_id
 from rerank_cache.testing import DashScopeServer, score
 
 from .helpers import SRC, cached, make_docs, plant_row, write_lock_held
@@ -54,7 +55,7 @@ def test_planted_pickle_never_executes(
     marker = tmp_path / "pwned"
     r = cached(make_reranker, cache)
     docs = make_docs(3)
-    key = score_key(r.model, None, r.query, docs[0].field("content"))
+    key = score_key(r.model, None, r.query, docs[0].field("content"), scorer=r.scorer_id)
     plant_row(cache.directory, key, mode=4, value=pickle.dumps(_Boom(str(marker))))
     out = r.rerank([docs])
     assert not marker.exists()
@@ -72,7 +73,7 @@ def test_planted_file_reference_is_not_read_or_deleted(
     victim.write_text("precious")
     r = cached(make_reranker, cache)
     docs = make_docs(2)
-    key = score_key(r.model, None, r.query, docs[0].field("content"))
+    key = score_key(r.model, None, r.query, docs[0].field("content"), scorer=r.scorer_id)
     plant_row(cache.directory, key, mode=2, value=None, filename=str(victim))
     assert cache.get_many([key]) == {}
     r.rerank([docs])
@@ -361,7 +362,10 @@ def test_four_processes_hammering_one_cache(tmp_path: Path, server: DashScopeSer
     texts = [f"shared text {i} about vector caches" for i in range(120)]
     with ScoreCache(directory) as store:
         wanted = {
-            score_key("gte-rerank-v2", None, f"q{q}", t): (f"q{q}", t)
+            score_key("gte-rerank-v2", None, f"q{q}", t, scorer=scorer_id(server.base_url)): (
+                f"q{q}",
+                t,
+            )
             for q in range(3)
             for t in texts
         }

@@ -13,7 +13,7 @@ maybe_text = st.none() | text
 
 def test_golden_key() -> None:
     """The key format is pinned: changing it must bump KEY_VERSION (old entries then miss)."""
-    assert KEY_VERSION == 1
+    assert KEY_VERSION == 2
     assert (
         score_key(
             "gte-rerank-v2",
@@ -21,11 +21,11 @@ def test_golden_key() -> None:
             "what is a vector database",
             "zvec is an in-process vector database",
         )
-        == "1:gte-rerank-v2:5e3bdebbd62c4cd9520522a36b9bd42b"
+        == "2:gte-rerank-v2:ea2b7bdc6b6c772401a9168b254056f2"
     )
     assert (
         score_key("qwen3-rerank", "Rank for RAG.", "向量", "doc")
-        == "1:qwen3-rerank:144644a524dbb3a223f8df5dcea17cef"
+        == "2:qwen3-rerank:6774d7dbfcf918ff8bbfa537fbe00183"
     )
 
 
@@ -78,4 +78,5 @@ def test_model_of_rejects_foreign_keys() -> None:
     """Keys not in the current format have no model."""
     assert model_of("0:m:" + "0" * 32) is None
     assert model_of("nonsense") is None
-    assert model_of("1:a:b:" + "f" * 32) == "a:b"
+    assert model_of("1:a:b:" + "f" * 32) is None  # version 1, before the scorer was keyed
+    assert model_of("2:a:b:" + "f" * 32) == "a:b"

@@ -100,7 +100,7 @@ def test_partial_success_keeps_good_requests_and_never_caches_bad(
     # Everything stored is exactly what DashScope returned for that pair.
     from rerank_cache.keys import KeyBuilder
 
-    kb = KeyBuilder(r.model, None, r.query)
+    kb = KeyBuilder(r.model, None, r.query, scorer=r.scorer_id)
     found = cache.get_many(kb.key(t) for t in plan.texts)
     assert len(found) == entries
     by_key = {kb.key(t): t for t in plan.texts}

@@ -51,7 +51,7 @@ def bench_hit(ctx: Context) -> list[Row]:
             reranker.rerank(results)  # fill the cache: every later call is all hits
         # The server is stopped while timing: its polling thread would compete for the
         # GIL, and any document sent from here on would raise instead of going unnoticed.
-        builder = KeyBuilder(MODEL, None, query)
+        builder = KeyBuilder(MODEL, None, query, scorer=reranker.scorer_id)
         keys = [builder.key(t) for t in texts]
         assert len(cache.get_many(keys)) == 100, "the cache should hold all 100 scores"
 
@@ -66,7 +66,7 @@ def bench_hit(ctx: Context) -> list[Row]:
         scores = reranker.score_texts(collected.texts).scores
 
         def keys_step() -> None:
-            b = KeyBuilder(MODEL, None, query)
+            b = KeyBuilder(MODEL, None, query, scorer=reranker.scorer_id)
             [b.key(t) for t in collected.texts]
 
         steps: dict[str, Callable[[], object]] = {

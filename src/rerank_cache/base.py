@@ -83,6 +83,10 @@ class Scorer(Protocol):
     def instruct(self) -> str | None:
         """The task instruction (part of the cache key)."""
 
+    @property
+    def scorer_id(self) -> str:
+        """Who scores (part of the cache key; see :func:`rerank_cache.keys.scorer_id`)."""
+
     def with_query(self, query: str) -> Scorer:
         """A copy for another query sharing everything else."""
 

@@ -98,6 +98,11 @@ class CachedReRanker(RerankMethods):
         return self._reranker.instruct
 
     @property
+    def scorer_id(self) -> str:
+        """Who scores the wrapped reranker's requests (part of every key)."""
+        return self._reranker.scorer_id
+
+    @property
     def on_error(self) -> OnError:
         """What :meth:`rerank` does when DashScope fails: ``"raise"`` or ``"fallback"``."""
         return self._on_error
@@ -135,7 +140,9 @@ class CachedReRanker(RerankMethods):
         """
         cache = self._cache
         model = self._reranker.model
-        builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
+        builder = KeyBuilder(
+            model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
+        )
         key_of = {text: builder.key(text) for text in texts}
         found = cache.get_many(key_of.values())
         scores, pending = _split(key_of, found)
@@ -160,7 +167,9 @@ class CachedReRanker(RerankMethods):
         """
         cache = self._cache
         model = self._reranker.model
-        builder = KeyBuilder(model, self._reranker.instruct, self._reranker.query)
+        builder = KeyBuilder(
+            model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
+        )
         key_of = {text: builder.key(text) for text in texts}
         found = await asyncio.to_thread(cache.get_many, key_of.values())
         scores, pending = _split(key_of, found)

@@ -1,29 +1,35 @@
 """Cache keys: pure, versioned derivation of the key one (query, document) score is stored under.
 
-Everything that changes a score is in the key: the model, the ``instruct`` text (or its
-absence), the exact query text and the exact document text sent. The document enters as its
-own 128-bit xxhash, so the store holds no plaintext query or document::
+Everything that changes a score is in the key: who scored it (:func:`scorer_id` of the
+endpoint), the model, the ``instruct`` text (or its absence), the exact query text and the
+exact document text sent. The document enters as its own 128-bit xxhash, so the store holds
+no plaintext query or document::
 
     doc_hash = xxh3_128(utf8(document))
-    key      = xxh3_128(b"rerank-cache/v1" + field(model) + field(instruct) + field(query)
-                        + doc_hash)
+    key      = xxh3_128(b"rerank-cache/v2" + field(scorer) + field(model) + field(instruct)
+                        + field(query) + doc_hash)
     field(s) = 8-byte big-endian length + utf8(s)
     instruct: None is the single byte 0xFF; a string is 0x00 + field(instruct)
 
 The length prefixes make the encoding unambiguous: moving text from one field to another
-always changes the bytes hashed. The stored key string is ``"1:<model>:<32 hex digits>"``;
+always changes the bytes hashed. The stored key string is ``"2:<model>:<32 hex digits>"``;
 the model stays readable so stats and ``clear(model=...)`` can group by it.
 
 Changing anything here changes every key: bump :data:`KEY_VERSION` so old entries simply miss.
+Version 2 added the scorer: a score from a test, staging or self-hosted endpoint is never
+served for DashScope, nor the other way round.
 """
 
 from __future__ import annotations
 
 import struct
+from urllib.parse import urlsplit
 
 import xxhash
 
 __all__ = [
+    "DASHSCOPE_SCORER",
+    "DASHSCOPE_URLS",
     "HASH_DIGITS",
     "KEY_PREFIX",
     "KEY_VERSION",
@@ -33,10 +39,11 @@ __all__ = [
     "key_range",
     "model_of",
     "score_key",
+    "scorer_id",
 ]
 
 #: The key-format version, part of every key.
-KEY_VERSION = 1
+KEY_VERSION = 2
 #: What every current-format key starts with: the version and ``":"``.
 KEY_PREFIX = f"{KEY_VERSION}:"
 #: Hex digits of the hash that ends every key (after the model and a ``":"``).
@@ -50,6 +57,48 @@ _LEN = struct.Struct(">Q")
 def _field(value: str) -> bytes:
     data = value.encode("utf-8")
     return _LEN.pack(len(data)) + data
+
+
+#: The scorer of DashScope's own endpoints: its regions score alike and share a key space.
+DASHSCOPE_SCORER = "dashscope"
+#: DashScope's own rerank API base addresses (Beijing, international), normalised.
+DASHSCOPE_URLS = frozenset(
+    {
+        "https://dashscope.aliyuncs.com:443/api/v1",
+        "https://dashscope-intl.aliyuncs.com:443/api/v1",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def scorer_id(base_url: str) -> str:
+    """Return who scores requests sent to ``base_url``, as the cache key holds it.
+
+    DashScope's own endpoints are :data:`DASHSCOPE_SCORER`; any other address (a test
+    server, a staging or self-hosted endpoint) is ``"url:"`` and a hash of its normalised
+    ``scheme://host:port/path`` — never its credentials, query or fragment.
+
+    Example:
+        >>> scorer_id("https://dashscope-intl.aliyuncs.com/api/v1/")
+        'dashscope'
+        >>> scorer_id("http://user:pw@127.0.0.1:8000/api/v1") == scorer_id(
+        ...     "HTTP://127.0.0.1:8000/api/v1")
+        True
+    """
+    try:
+        parts = urlsplit(base_url.strip())
+        port = parts.port
+    except ValueError:  # not a URL we can normalise: it is its own scorer
+        return "url:" + xxhash.xxh3_64_hexdigest(base_url.encode("utf-8", "surrogatepass"))
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme, 0)
+    path = parts.path.rstrip("/")
+    normal = f"{scheme}://{host}:{port}{path}"
+    if normal in DASHSCOPE_URLS:
+        return DASHSCOPE_SCORER
+    return "url:" + xxhash.xxh3_64_hexdigest(normal.encode("utf-8", "surrogatepass"))
 
 
 def doc_hash(text: str) -> bytes:
@@ -70,9 +119,12 @@ class KeyBuilder:
 
     __slots__ = ("_head", "_prefix")
 
-    def __init__(self, model: str, instruct: str | None, query: str) -> None:
+    def __init__(
+        self, model: str, instruct: str | None, query: str, *, scorer: str = DASHSCOPE_SCORER
+    ) -> None:
         self._prefix = (
             _DOMAIN
+            + _field(scorer)
             + _field(model)
             + (_NO_INSTRUCT if instruct is None else b"\x00" + _field(instruct))
             + _field(query)
@@ -88,9 +140,12 @@ class KeyBuilder:
         return self._head + xxhash.xxh3_128_hexdigest(self._prefix + digest)
 
 
-def score_key(model: str, instruct: str | None, query: str, text: str) -> str:
-    """Return the store key of one (model, instruct, query, document text) score."""
-    return KeyBuilder(model, instruct, query).key(text)
+def score_key(
+    model: str, instruct: str | None, query: str, text: str, *, scorer: str = DASHSCOPE_SCORER
+) -> str:
+    """Return the store key of one (model, instruct, query, document text) score, as
+    ``scorer`` (see :func:`scorer_id`; DashScope by default) gave it."""
+    return KeyBuilder(model, instruct, query, scorer=scorer).key(text)
 
 
 def key_head(model: str) -> str:
@@ -98,7 +153,7 @@ def key_head(model: str) -> str:
 
     Example:
         >>> key_head("gte-rerank-v2")
-        '1:gte-rerank-v2:'
+        '2:gte-rerank-v2:'
     """
     return f"{KEY_PREFIX}{model}:"
 
@@ -111,7 +166,7 @@ def key_range(model: str | None = None) -> tuple[str, str]:
 
     Example:
         >>> key_range(), key_range("m")
-        (('1:', '1;'), ('1:m:', '1:m;'))
+        (('2:', '2;'), ('2:m:', '2:m;'))
     """
     low = KEY_PREFIX if model is None else key_head(model)
     return low, low[:-1] + ";"

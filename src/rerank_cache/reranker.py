@@ -62,6 +62,19 @@ def _by_name(positional: tuple[Any, ...], **keywords: Any) -> dict[str, Any]:
     return given
 
 
+def _header_safe(key: str) -> str:
+    """Return ``key`` if it can be sent in an HTTP header, else raise (never showing it)."""
+    bad = next((i for i, c in enumerate(key) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = "whitespace" if key[bad].isspace() else "a non-ASCII or control character"
+        raise ConfigurationError(
+            f"the DashScope API key contains {what} at position {bad + 1} of {len(key)}, "
+            "so it cannot be sent in an HTTP header; copy the key again from the DashScope "
+            "console (argument or DASHSCOPE_API_KEY)"
+        )
+    return key
+
+
 class QwenReRanker(RerankMethods):
     """Rerank retrieved documents with DashScope TextReRank.
 
@@ -171,6 +184,7 @@ class QwenReRanker(RerankMethods):
             raise ConfigurationError(
                 "DashScope API key is required: pass api_key= or set DASHSCOPE_API_KEY"
             )
+        key = _header_safe(key.strip())
         self._topn = check_topn(topn)
         self._on_error = check_on_error(on_error)
         if rerank_field is None or not isinstance(rerank_field, str) or not rerank_field:
@@ -184,7 +198,7 @@ class QwenReRanker(RerankMethods):
             raise ConfigurationError("instruct must be a non-empty string or None")
         url = base_url or os.environ.get("DASHSCOPE_HTTP_BASE_URL") or DEFAULT_BASE_URL
         self._client = DashScopeClient(
-            api_key=key.strip(),
+            api_key=key,
             model=model,
             base_url=url,
             limits=limits or limits_for(model),
@@ -240,8 +254,15 @@ class QwenReRanker(RerankMethods):
 
     @property
     def base_url(self) -> str:
-        """The DashScope API base address."""
+        """The DashScope API base address (any password in it shown as ``***``)."""
         return self._client.base_url
+
+    @property
+    def scorer_id(self) -> str:
+        """Who scores: ``"dashscope"`` for DashScope's own endpoints, else a hash of
+        :attr:`base_url` (part of every cache key, so a test server never answers for
+        DashScope)."""
+        return self._client.scorer_id
 
     @property
     def limits(self) -> ModelLimits:

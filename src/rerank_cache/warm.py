@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,9 +30,10 @@ from typing import Any
 
 from .base import DEFAULT_MODEL
 from .cached import CachedReRanker
+from .client.core import DEFAULT_BASE_URL
 from .client.retry import RetryPolicy
 from .errors import ConfigurationError
-from .keys import KeyBuilder
+from .keys import KeyBuilder, scorer_id
 from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
 from .ratelimit import RateLimiter
@@ -266,8 +268,16 @@ def warm(
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1")
     if dry_run:
+        # Keys hold who scores: the endpoint the real run would use, resolved the same way.
+        url = base_url or os.environ.get("DASHSCOPE_HTTP_BASE_URL") or DEFAULT_BASE_URL
         yield from _dry_run(
-            source, cache, model=model, instruct=instruct, field=field, skip_invalid=skip_invalid
+            source,
+            cache,
+            model=model,
+            instruct=instruct,
+            field=field,
+            skip_invalid=skip_invalid,
+            scorer=scorer_id(url),
         )
         return
     limiter = RateLimiter(max_rpm) if max_rpm is not None else None
@@ -403,6 +413,7 @@ def _dry_run(
     instruct: str | None,
     field: str,
     skip_invalid: bool,
+    scorer: str,
 ) -> Iterator[WarmEvent]:
     totals = _Totals()
     # Pairs this run would already have sent: a later line repeating one would hit.
@@ -415,7 +426,7 @@ def _dry_run(
             totals.bump(lines_skipped=1)
             yield LineSkipped(item.line, item.problem)
             continue
-        builder = KeyBuilder(item.model, item.instruct, item.query)
+        builder = KeyBuilder(item.model, item.instruct, item.query, scorer=scorer)
         keys = {builder.key(text): text for text in item.texts}
         found = cache.get_many(keys)
         not_cached = [k for k in keys if k not in found]

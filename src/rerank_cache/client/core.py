@@ -28,8 +28,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from ..errors import ConfigurationError, DashScopeError
+from ..keys import scorer_id
 from ..planning import ModelLimits, iter_batches
 from ..ratelimit import RateLimiter
+from ..urls import redact_url
 from .responses import check, translate
 from .results import BatchResult, ScoreResult, UsageTotals
 from .retry import Attempts, RetryableError, RetryLog, RetryPolicy, overall_deadline
@@ -89,7 +91,11 @@ class DashScopeClient:
             raise ConfigurationError("max_concurrency must be at least 1")
         self._api_key = api_key
         self.model = model
-        self.base_url = base_url
+        self._base_url = base_url  # may hold credentials: sent, never shown
+        #: The API base address as shown in messages, logs and reprs (credentials redacted).
+        self.base_url = redact_url(base_url)
+        #: Who scores this client's requests: part of every cache key (see keys.scorer_id).
+        self.scorer_id = scorer_id(base_url)
         self.limits = limits
         self.instruct = instruct
         self.timeout = timeout
@@ -395,7 +401,7 @@ class DashScopeClient:
             "documents": list(texts),
             "return_documents": False,
             "api_key": self._api_key,
-            "base_address": self.base_url,
+            "base_address": self._base_url,
             "request_timeout": timeout,
         }
         if self.instruct is not None:

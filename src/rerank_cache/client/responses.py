@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.metadata
 import json
 import math
+import re
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -36,6 +38,7 @@ from .retry import RetryableError, parse_retry_after
 
 __all__ = [
     "STATUS_TABLE",
+    "SUPPORTED_DASHSCOPE",
     "ExceptionRow",
     "StatusRow",
     "check",
@@ -135,7 +138,7 @@ class ExceptionRow:
 def exception_table() -> tuple[ExceptionRow, ...]:
     """What an exception from the SDK call raises. The first row that matches wins (a
     requests ``ConnectTimeout`` is a timeout, a requests ``JSONDecodeError`` a bad body);
-    an exception no row matches propagates unchanged."""
+    :func:`translate` maps an exception no row matches to a plain ``DashScopeError``."""
     import aiohttp
     import requests
 
@@ -186,15 +189,64 @@ def exception_table() -> tuple[ExceptionRow, ...]:
     )
 
 
+#: The dashscope releases this package supports, as pyproject.toml declares them.
+SUPPORTED_DASHSCOPE = ">=2.0.2,<3"
+
+#: How Python words a call that does not fit the function's signature.
+_SIGNATURE_MISMATCH = re.compile(
+    r"unexpected keyword argument|missing \d+ required|positional arguments? but|"
+    r"got multiple values for|positional-only"
+)
+
+
+def _is_signature_mismatch(exc: Exception) -> bool:
+    """Whether ``exc`` says a call did not fit a signature (the SDK changed under us).
+
+    The SDK builds its response objects with ``Result(**item)`` from the body, so a body
+    lacking a field (or with an unknown one) fails the same way in an ``__init__``: that
+    is a bad body, not a changed SDK.
+    """
+    text = str(exc)
+    return (
+        isinstance(exc, TypeError)
+        and _SIGNATURE_MISMATCH.search(text) is not None
+        and "__init__()" not in text
+        and "__new__()" not in text
+    )
+
+
+def _installed_dashscope() -> str:
+    try:
+        return importlib.metadata.version("dashscope")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def translate(exc: Exception, *, timeout: float, base_url: str) -> Exception:
-    """Return what to raise for ``exc``, raised by the SDK call: our error (wrapped in
-    :class:`~rerank_cache.client.retry.RetryableError` when it is retried), or ``exc``."""
+    """Return what to raise for ``exc``, raised by the SDK call: always one of our
+    :class:`~rerank_cache.errors.DashScopeError` (wrapped in
+    :class:`~rerank_cache.client.retry.RetryableError` when it is retried).
+
+    ``base_url`` must already be redacted: it goes into messages and retry warnings.
+    """
+    name = type(exc).__name__
+    if _is_signature_mismatch(exc):
+        # Checked before the table, whose TypeError row means a bad body.
+        return DashScopeError(
+            f"The installed dashscope SDK ({_installed_dashscope()}) does not accept the call "
+            f"rerank-cache makes ({name}: {exc}); rerank-cache supports dashscope"
+            f"{SUPPORTED_DASHSCOPE}. Install a supported version."
+        )
     for row in exception_table():
         if isinstance(exc, row.types):
-            name = type(exc).__name__
             error = row.error(row.message.format(timeout=timeout, base_url=base_url, name=name))
             return RetryableError(error) if row.retryable else error
-    return exc
+    # The SDK raises its own exception classes too (and may add more): none escapes untyped,
+    # so on_error applies. Its message is not shown: it may hold the request.
+    return DashScopeError(
+        f"The dashscope SDK ({_installed_dashscope()}) raised {name} talking to {base_url}; "
+        "nothing was cached. The cause is chained to this error."
+    )
 
 
 def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
@@ -237,6 +289,27 @@ def status_error(
     return RetryableError(error, retry_after) if row.retryable else error
 
 
+#: The largest count the stores' counters hold (a signed 64-bit SQLite integer).
+_MAX_TOKENS = 2**63 - 1
+
+
+def _is_finite_number(value: object) -> bool:
+    """Whether ``value`` is an int or float that converts to a finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        # An int past ~1.8e308 has no float: float() raises, isfinite() would too.
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut short: a hostile answer may carry a 10,000-digit number."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "(huge int)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check(
     response: Any, texts: tuple[str, ...], attempt: int, *, model: str, api_key: str
 ) -> BatchResult:
@@ -270,17 +343,13 @@ def check(
             ) from None
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(texts):
             raise MalformedResponseError(
-                f"DashScope returned result index {index!r} for a request of "
+                f"DashScope returned result index {_short(index)} for a request of "
                 f"{len(texts)} documents; nothing was cached.",
                 request_id=request_id,
             )
-        if (
-            isinstance(score, bool)
-            or not isinstance(score, (int, float))
-            or not math.isfinite(score)
-        ):
+        if not _is_finite_number(score):
             raise MalformedResponseError(
-                f"DashScope returned relevance_score {score!r}, not a finite number; "
+                f"DashScope returned relevance_score {_short(score)}, not a finite number; "
                 "nothing was cached.",
                 request_id=request_id,
             )
@@ -299,7 +368,15 @@ def check(
         )
     usage = getattr(response, "usage", None)
     tokens = getattr(usage, "total_tokens", None) if usage is not None else None
-    total_tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else 0
+    if tokens is None:
+        tokens = 0  # usage is bookkeeping: an answer without it still has its scores
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= _MAX_TOKENS:
+        raise MalformedResponseError(
+            f"DashScope returned usage.total_tokens {_short(tokens)}, not a count the "
+            "usage counters can hold; nothing was cached.",
+            request_id=request_id,
+        )
+    total_tokens = tokens
     return BatchResult(
         texts=texts,
         scores=tuple(s for s in scores if s is not None),

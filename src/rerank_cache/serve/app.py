@@ -36,6 +36,7 @@ from rerank_cache import (
     score_key,
 )
 
+from ..urls import redact_url
 from .auth import AcceptedKeys, bearer, no_key_error
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, RequestMetrics, render_store_metrics
@@ -99,7 +100,7 @@ class Proxy:
         self.metrics = RequestMetrics()
 
     def __repr__(self) -> str:
-        return f"Proxy(upstream={self._config.upstream!r}, store={self._store!r})"
+        return f"Proxy(upstream={redact_url(self._config.upstream)!r}, store={self._store!r})"
 
     @property
     def config(self) -> ServeConfig:
@@ -238,7 +239,11 @@ class Proxy:
         if not verified:
             # A key DashScope never accepted is not answered from the cache: when every
             # pair is cached, ask DashScope about the key first, as cheaply as possible.
-            keys = [score_key(model, parsed.instruct, parsed.query, text) for text in texts]
+            scorer = reranker.scorer_id
+            keys = [
+                score_key(model, parsed.instruct, parsed.query, text, scorer=scorer)
+                for text in texts
+            ]
             found = await asyncio.to_thread(self._store.get_many, keys)
             if len(found) == len(keys):
                 tokens += await self._verify(key, model)
@@ -272,7 +277,7 @@ class Proxy:
         # The probe was paid for: count it, and keep its score like any other.
         await asyncio.to_thread(
             self._store.put_many,
-            {score_key(model, None, _PROBE, _PROBE): result.scores[_PROBE]},
+            {score_key(model, None, _PROBE, _PROBE, scorer=probe.scorer_id): result.scores[_PROBE]},
             model=model,
             api_requests=len(result.batches),
             documents_sent=1,

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..urls import redact_url
+
 __all__ = ["add_serve_parser", "run_serve"]
 
 
@@ -130,7 +132,7 @@ def run_serve(args: argparse.Namespace, target: Path | str) -> int:
         mode = "server-key" if tokens is not None else "pass-through"
         print(
             f"rerank-cache: serving on http://{args.host}:{args.port} "
-            f"(upstream {config.upstream}, {mode} credentials)",
+            f"(upstream {redact_url(config.upstream)}, {mode} credentials)",
             file=sys.stderr,
         )
         asyncio.run(

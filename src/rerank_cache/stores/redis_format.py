@@ -7,7 +7,8 @@ The layout under a namespace (default :data:`DEFAULT_NAMESPACE`)::
     {ns}:counters    hash "{counter}:{model}" -> integer (HINCRBY): hits, misses, usage...
     {ns}:entries     hash "{expiry bucket}:{ttl ms}:{model}" -> scores stored (HINCRBY)
 
-Also the URL handling that keeps passwords out of messages (:func:`redact_url`).
+Also the URL handling that keeps passwords out of messages (:func:`redact_url`, kept in
+:mod:`rerank_cache.urls` and re-exported here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
+from ..urls import redact_url, url_secrets
 from .stats import COUNTER_NAMES
 
 __all__ = [
@@ -42,7 +44,6 @@ __all__ = [
 DEFAULT_NAMESPACE = "rerank-cache"
 #: What a namespace may be.
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
-SECRET_PARAM = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
 _MAX_SCORE_CHARS = 32  # repr() of any finite float is at most 24 characters
 _BUCKETS_PER_TTL = 512
 _MIN_BUCKET_MS = 1_000
@@ -75,27 +76,6 @@ def parse_score(raw: bytes | str | None) -> float | None:
     if not math.isfinite(value) or repr(value) != text:
         return None
     return value
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password (and any secret-looking query value) as ``***``.
-
-    Example:
-        >>> redact_url("rediss://app:s3cret@cache.internal:6380/2")
-        'rediss://app:***@cache.internal:6380/2'
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        # Without a colon we cannot tell a user name from a password: hide it.
-        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
-    query = [
-        (name, "***" if SECRET_PARAM.search(name) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/")))
 
 
 def split_namespace(url: str) -> tuple[str, str | None]:
@@ -172,19 +152,6 @@ def parse_counters(raw: Mapping[Any, Any]) -> dict[str, Counter[str]]:
         if sep and name in COUNTER_NAMES and number is not None:
             out.setdefault(model, Counter())[name] += number
     return out
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The password and secret-looking query values of ``url``, to scrub from messages."""
-    parts = urlsplit(url)
-    return tuple(
-        s
-        for s in (
-            parts.password,
-            *(v for k, v in parse_qsl(parts.query) if SECRET_PARAM.search(k)),
-        )
-        if s
-    )
 
 
 def live_entries(

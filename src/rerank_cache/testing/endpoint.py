@@ -122,6 +122,11 @@ class Endpoint:
             )
             reply.fault = "fail"
             return reply, seen
+        if fault is not None and fault.kind == "body":
+            request_id = str(uuid.uuid4())
+            reply = Reply(status=fault.status, request_id=request_id, raw_body=fault.body)
+            reply.fault = "body"
+            return reply, seen
         if fault is not None and fault.kind == "delay" and not self.wait(fault.seconds):
             return dropped_reply("shutdown"), seen
 
@@ -144,6 +149,8 @@ class Endpoint:
             reply.fault = fault.label
             if fault.kind == "malform" and fault.malform is not None:
                 apply_malform(reply, fault.malform, n_documents)
+            if fault.kind == "trickle":
+                reply.trickle = (fault.seconds, fault.chunk)
         return reply, seen
 
 

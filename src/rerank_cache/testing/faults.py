@@ -8,6 +8,7 @@ and queues the faults; each request takes the first queued fault that applies to
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import threading
 from collections import deque
@@ -21,9 +22,11 @@ __all__ = [
     "Fault",
     "FaultQueue",
     "apply_malform",
+    "body_fault",
     "delay_fault",
     "error_fault",
     "malform_fault",
+    "trickle_fault",
 ]
 
 MALFORM_KINDS: Final = frozenset(
@@ -44,7 +47,9 @@ class Fault:
     """One injected fault, applied to one request.
 
     Attributes:
-        kind: ``"fail"``, ``"drop"``, ``"delay"`` or ``"malform"``.
+        kind: ``"fail"``, ``"drop"``, ``"delay"``, ``"malform"``, ``"body"`` (answer
+            ``status`` with ``body`` as is) or ``"trickle"`` (answer normally, sending the
+            body ``chunk`` bytes every ``seconds``).
         match: Apply only to a request with a document containing this text.
     """
 
@@ -55,6 +60,8 @@ class Fault:
     retry_after: str | None = None
     seconds: float = 0.0
     malform: str | None = None
+    body: bytes | None = None
+    chunk: int = 1
     match: str | None = None
 
     @property
@@ -101,6 +108,38 @@ def delay_fault(seconds: float) -> Fault:
     if seconds < 0 or not math.isfinite(seconds):
         raise ValueError("seconds must be a finite number >= 0")
     return Fault("delay", seconds=float(seconds))
+
+
+def body_fault(status: int, body: object) -> Fault:
+    """A checked ``"body"`` fault: ``body`` (any JSON value, or raw ``bytes``) with ``status``.
+
+    Raises:
+        ValueError: If ``status`` is not 200-599 or ``body`` cannot be written as JSON.
+    """
+    if not is_int(status) or not 200 <= status <= 599:
+        raise ValueError("status must be an HTTP status between 200 and 599")
+    if isinstance(body, bytes):
+        raw = body
+    else:
+        try:
+            # Python's json writes integers of any size, as a hostile server could.
+            raw = json.dumps(body, allow_nan=True).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"body cannot be written as JSON: {exc}") from None
+    return Fault("body", status=status, body=raw)
+
+
+def trickle_fault(seconds: float, chunk: int) -> Fault:
+    """A checked ``"trickle"`` fault.
+
+    Raises:
+        ValueError: If ``seconds`` is negative or not finite, or ``chunk`` is not >= 1.
+    """
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError("seconds must be a finite number >= 0")
+    if not is_int(chunk) or chunk < 1:
+        raise ValueError("chunk must be an integer >= 1")
+    return Fault("trickle", seconds=float(seconds), chunk=chunk)
 
 
 def malform_fault(kind: str) -> Fault:

@@ -199,5 +199,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if reply.close:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if reply.trickle is None:
             self.wfile.write(body)
+            return
+        seconds, chunk = reply.trickle
+        for start in range(0, len(body), chunk):
+            # Stopping the server, or the client hanging up, ends the trickle.
+            if start and not self.server.endpoint.wait(seconds):
+                self.close_connection = True
+                return
+            try:
+                self.wfile.write(body[start : start + chunk])
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True
+                return

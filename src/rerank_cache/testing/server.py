@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Final
 
 from .endpoint import Endpoint
-from .faults import Fault, delay_fault, error_fault, malform_fault
+from .faults import Fault, body_fault, delay_fault, error_fault, malform_fault, trickle_fault
 from .httpd import HTTPServer
 from .limits import ModelLimits, served_limits
 from .records import RecordedRequest, ServerStats
@@ -310,6 +310,45 @@ class DashScopeServer:
             ValueError: If ``kind`` is unknown or ``times`` is less than 1.
         """
         self._enqueue(malform_fault(kind), times, match)
+
+    def respond_next(
+        self, status: int, body: object, times: int = 1, *, match: str | None = None
+    ) -> None:
+        """Answer the next ``times`` rerank requests with ``status`` and exactly ``body``.
+
+        For answers no other fault produces: a 200 whose score is an integer too large for
+        a float, a negative ``usage.total_tokens``, an error body without a code. The
+        request is not checked (a bad key still gets ``body``).
+
+        Args:
+            status: The HTTP status, 200-599.
+            body: Any JSON-serialisable value (integers of any size, ``NaN`` included),
+                sent as ``application/json``; ``bytes`` are sent as they are.
+            times: How many consecutive requests get this answer.
+
+        Raises:
+            ValueError: If ``status`` or ``times`` is invalid, or ``body`` is not JSON.
+        """
+        self._enqueue(body_fault(status, body), times, match)
+
+    def trickle_next(
+        self, seconds: float, times: int = 1, *, chunk: int = 1, match: str | None = None
+    ) -> None:
+        """Answer the next ``times`` rerank requests normally, but send the body slowly.
+
+        The status line and headers go at once; then the body, ``chunk`` bytes every
+        ``seconds``. Each read is quick, so a per-read client timeout never fires: this
+        tests that a whole response is bounded. :meth:`stop` ends the trickle.
+
+        Args:
+            seconds: Pause between chunks of the body.
+            times: How many consecutive requests are trickled.
+            chunk: Bytes sent per pause.
+
+        Raises:
+            ValueError: If ``seconds``, ``chunk`` or ``times`` is invalid.
+        """
+        self._enqueue(trickle_fault(seconds, chunk), times, match)
 
     def _enqueue(self, fault: Fault, times: int, match: str | None) -> None:
         self._endpoint.faults.add(fault, times, match)

@@ -75,7 +75,8 @@ class ApiError(Exception):
 class Reply:
     """What to answer one request with, and what to count for it.
 
-    ``status`` 0 means: drop the connection without an answer.
+    ``status`` 0 means: drop the connection without an answer. ``trickle`` is
+    ``(seconds, chunk)``: send the body ``chunk`` bytes at a time, ``seconds`` apart.
     """
 
     status: int
@@ -88,6 +89,7 @@ class Reply:
     total_tokens: int = 0
     fault: str | None = None
     close: bool = False
+    trickle: tuple[float, int] | None = None
 
 
 @dataclass

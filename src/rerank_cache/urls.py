@@ -1,0 +1,64 @@
+"""URLs with credentials in them: one redaction for every URL we show (Redis, DashScope).
+
+A URL may carry a password (``http://user:secret@host``, ``rediss://app:s3cret@cache``) or a
+secret-looking query value (``?token=...``). Whatever shows a URL — an error message, a
+retry warning, a repr, stats, CLI output — shows :func:`redact_url` of it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = ["SECRET_PARAM", "redact_url", "url_secrets"]
+
+#: Query parameter names whose values are treated as secrets.
+SECRET_PARAM = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+
+#: ``scheme://anything@``: the user-info of a URL urlsplit cannot parse.
+_USERINFO = re.compile(r"(//)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password (and any secret-looking query value) as ``***``.
+
+    A URL that cannot be parsed keeps nothing between ``//`` and ``@``.
+
+    Example:
+        >>> redact_url("rediss://app:s3cret@cache.internal:6380/2")
+        'rediss://app:***@cache.internal:6380/2'
+        >>> redact_url("http://user:secret@127.0.0.1:8000/api/v1?token=t0k")
+        'http://user:***@127.0.0.1:8000/api/v1?token=***'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return _USERINFO.sub(r"\1***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        # Without a colon we cannot tell a user name from a password: hide it.
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = [
+        (name, "***" if SECRET_PARAM.search(name) else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/")))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The password and secret-looking query values of ``url``, to scrub from messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return ()
+    return tuple(
+        s
+        for s in (
+            password,
+            *(v for k, v in parse_qsl(parts.query) if SECRET_PARAM.search(k)),
+        )
+        if s
+    )
