@@ -158,7 +158,8 @@ class CachedReRanker(RerankMethods):
                 self._fetch(pending, key_of, scores, sent, on_batch)
             except DashScopeError as exc:
                 missing = self._still_missing(exc, pending, scores)
-                self._stale_or_raise(exc, missing, cache.get_stale_many(missing), scores)
+                stale = cache.get_stale_many(missing)
+                self._stale_or_raise(exc, missing, stale, scores)
         return ScoreResult(scores, tuple(sent))
 
     async def ascore_texts(
