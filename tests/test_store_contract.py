@@ -1022,3 +1022,32 @@ def key_of_docs(r: CachedReRanker, docs: list[Any]) -> list[str]:
 def _limits_of(r: CachedReRanker, per_request: int) -> Any:
     """``r``'s request limits with at most ``per_request`` documents a request."""
     return dataclasses.replace(r.limits, max_documents=per_request)
+
+
+def test_kept_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:
+    """Only "repr|expiry ms" exactly as written is a kept score: anything else is a miss for
+    both reads, and unsafe for check()."""
+    planted = ["0.5|", "0.5|01", "0.5|-5", "0.5|1e3", "0.5|12|3", "0.50|99", "0.5| 99", "|99"]
+    far = int(time.time() * 1000) + 3_600_000
+    with (
+        redis_server.client() as client,
+        RedisScoreCache(redis_server.url, namespace=ns, stale_ttl=3600) as s,
+    ):
+        for i, value in enumerate(planted):
+            client.set(f"{ns}:s:{key(i)}", value)
+        client.set(f"{ns}:s:{key(99)}", f"0.5|{far}")
+        wanted = [key(i) for i in [*range(len(planted)), 99]]
+        assert s.get_many(wanted) == {key(99): 0.5}
+        assert s.get_stale_many(wanted) == {key(99): 0.5}
+        assert s.check().unsafe_rows == len(planted)
+
+
+def test_stale_read_of_a_dead_redis_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    """get_stale_many on an unreachable Redis finds nothing and logs it; it never raises."""
+    port = free_port()
+    with (
+        caplog.at_level(logging.WARNING),
+        RedisScoreCache(f"redis://127.0.0.1:{port}/0", stale_ttl=60, retry_interval=0) as s,
+    ):
+        assert s.get_stale_many([key(1)]) == {}
+        assert "stale read failed" in caplog.text
