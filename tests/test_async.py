@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from dashscope.api_entities.aio_session import close_shared_aio_session
+from freezegun import freeze_time
 
 from rerank_cache import (
     APIError,
@@ -250,3 +253,26 @@ async def test_tasks_share_the_owners_failure(
     outcomes = await asyncio.gather(*(r.arerank([docs]) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(o, APIError) and o.status == 503 for o in outcomes), outcomes
     assert server.stats.requests == 2  # one owner, two attempts
+
+
+async def test_async_on_error_stale(
+    tmp_path: Path,
+    make_async: Callable[..., QwenReRanker],
+    server: DashScopeServer,
+    async_sleeps: AsyncSleeps,
+) -> None:
+    """on_error='stale' works on the async path: kept scores are served and counted, and a
+    miss without one raises."""
+    docs = make_docs(6)
+    with ScoreCache(tmp_path / "scores", ttl=3600, stale_ttl=86400) as store:
+        r = CachedReRanker(make_async(), store, on_error="stale")
+        with freeze_time(datetime.now(timezone.utc) - timedelta(hours=2)):
+            first = r.rerank([docs[:5]], 5)  # written two hours ago: expired, kept
+        server.fail_next(503, times=4)
+        out = await r.arerank([docs[:5]], 5)
+        assert [(d.id, d.score) for d in out] == [(d.id, d.score) for d in first]
+        assert store.stats().stale_served == 5
+        server.fail_next(503, times=4)
+        with pytest.raises(APIError):
+            await r.arerank([docs], 6)
+        assert store.stats().stale_served == 5

@@ -352,3 +352,17 @@ def test_errors_pickle_and_copy() -> None:
             "r1",
             2.0,
         )
+
+
+def test_on_error_stale_without_a_cache_raises(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """A bare QwenReRanker has nothing kept to serve: on_error="stale" raises as "raise"; an
+    unknown on_error names the three choices."""
+    r = make_reranker(on_error="stale")
+    assert r.on_error == "stale"
+    server.fail_next(503, times=4)
+    with pytest.raises(APIError):
+        r.rerank([make_docs(3)])
+    with pytest.raises(ConfigurationError, match="'raise', 'fallback' or 'stale'"):
+        make_reranker(on_error="serve-stale")

@@ -12,10 +12,12 @@ itself in ``test_cached.py``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import sys
 import textwrap
@@ -33,6 +35,7 @@ from rerank_cache import (
     CachedReRanker,
     CacheError,
     ConfigurationError,
+    DashScopeError,
     QwenReRanker,
     RedisScoreCache,
     ScoreCache,
@@ -894,3 +897,160 @@ def test_close_flushes_counters_even_while_down(tmp_path: Path) -> None:
         with RedisScoreCache(late.url) as back:
             stats = back.stats()
     assert (stats.api_requests, stats.documents_sent, stats.store_errors) == (1, 1, 1)
+
+
+# -- stale-if-error: scores kept past their ttl for on_error="stale" ------------------------
+
+
+def test_stale_scores_are_kept_for_the_window_only(kit: Kit) -> None:
+    """Past its ttl a score is a miss and no entry, yet get_stale_many finds it until
+    stale_ttl has passed too; expire() deletes it only then."""
+    with kit.clock() as advance, kit.make(ttl=3600, stale_ttl=600) as s:
+        s.put_many({key(1): 0.5}, model=MODEL)
+        assert s.get_stale_many([key(1), key(2)]) == {key(1): 0.5}  # live scores too
+        advance(3601)
+        assert s.get_many([key(1)]) == {}
+        assert s.get_stale_many([key(1)]) == {key(1): 0.5}
+        advance(60)  # Redis counts entries by expiry bucket (ttl/512 wide, ~7 s here)
+        assert (s.stats().entries, s.count()) == (0, 0)
+        assert s.expire() == 0
+        assert s.get_stale_many([key(1)]) == {key(1): 0.5}
+        advance(530)
+        assert s.get_stale_many(iter([key(1)])) == {key(1): 0.5}
+        advance(20)
+        assert s.get_stale_many([key(1)]) == {}
+        s.expire()  # disk deletes the row now; Redis has deleted the key itself
+        assert (s.count(expired=True), s.count()) == (0, 0)
+
+
+def test_without_stale_ttl_nothing_is_kept(kit: Kit) -> None:
+    """stale_ttl=None (the default): nothing is served stale, expiry deletes at the ttl."""
+    with kit.clock() as advance, kit.make(ttl=3600) as s:
+        assert s.stale_ttl is None  # type: ignore[attr-defined]
+        s.put_many({key(1): 0.5}, model=MODEL)
+        assert s.get_stale_many([key(1)]) == {}
+        advance(3601)
+        assert s.get_stale_many([key(1)]) == {}
+        s.expire()
+        assert s.count(expired=True) == 0
+
+
+def test_rewriting_a_kept_score_is_an_entry_not_a_duplicate(kit: Kit) -> None:
+    """A score written again after its ttl (kept only for stale use) is a fresh entry, not a
+    duplicate send; kept scores pass check() as safe."""
+    with kit.clock() as advance, kit.make(ttl=3600, stale_ttl=timedelta(days=1)) as s:
+        s.put_many({key(1): 0.5, key(2): 0.25}, model=MODEL)
+        advance(3700)
+        report = s.check()
+        assert (report.ok, report.unsafe_rows) == (True, 0)
+        s.put_many({key(1): 0.75}, model=MODEL)
+        stats = s.stats()
+        assert (stats.duplicate_sends, stats.entries) == (0, 1)
+        assert s.get_many([key(1), key(2)]) == {key(1): 0.75}
+        assert s.get_stale_many([key(1), key(2)]) == {key(1): 0.75, key(2): 0.25}
+
+
+@pytest.mark.parametrize("stale_ttl", [0, -1, float("inf"), "1d"])
+def test_bad_stale_ttl_rejected(kit: Kit, stale_ttl: object) -> None:
+    """A stale_ttl that is not a positive duration is a clear ValueError."""
+    with pytest.raises(ValueError, match="stale_ttl"):
+        kit.make(stale_ttl=stale_ttl)
+
+
+def test_on_error_stale_serves_kept_scores_during_an_outage(
+    kit: Kit,
+    make_reranker: Callable[..., QwenReRanker],
+    server: DashScopeServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DashScope down after the ttl: with on_error="stale" the kept scores are served (logged
+    once, counted as stale_served, shown by `stats`); one miss without a kept score raises,
+    and so does on_error="raise"."""
+    docs = make_docs(7)
+    with kit.clock() as advance, kit.make(ttl=3600, stale_ttl=86400) as s:
+        stale = CachedReRanker(make_reranker(), s, on_error="stale")
+        assert stale.on_error == "stale"
+        first = stale.rerank([docs[:5]], 5)
+        advance(7200)
+        server.fail_next(503, times=4)  # every attempt of the one request
+        with caplog.at_level(logging.WARNING, logger="rerank_cache"):
+            out = stale.rerank([docs[:5]], 5)
+        assert [(d.id, d.score) for d in out] == [(d.id, d.score) for d in first]
+        assert caplog.text.count("past their ttl") == 1
+        assert s.stats().stale_served == 5
+        assert s.stats().models[MODEL].stale_served == 5
+        server.fail_next(503, times=4)
+        with pytest.raises(DashScopeError):
+            stale.rerank([docs], 7)  # d5 and d6 were never scored
+        server.fail_next(503, times=4)
+        with pytest.raises(DashScopeError):
+            CachedReRanker(make_reranker(), s).rerank([docs[:5]], 5)
+        assert s.get_many(key_of_docs(stale, docs[:5])) == {}  # still expired, not renewed
+        assert s.stats().stale_served == 5
+        s.flush_stats()
+    assert main([*kit.cli_args(), "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stale_served"] == 5
+    assert main([*kit.cli_args(), "stats"]) == 0
+    assert re.search(r"^  stale served +5$", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_on_error_stale_keeps_scores_fetched_before_the_failure(
+    kit: Kit, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """A call whose first request succeeds and second fails: the first request's scores are
+    stored and used; the second request's misses are served stale."""
+    docs = make_docs(8)
+    with kit.clock() as advance, kit.make(ttl=3600, stale_ttl=86400) as s:
+        r = CachedReRanker(make_reranker(max_concurrency=1), s, on_error="stale")
+        r.rerank([docs[4:]], 4)
+        advance(7200)
+        small = make_reranker(max_concurrency=1, limits=_limits_of(r, 4))
+        r = CachedReRanker(small, s, on_error="stale")
+        server.fail_next(503, times=4, match=docs[4].field("content"))
+        out = r.rerank([docs], 8)
+        assert {d.id for d in out} == {d.id for d in docs}
+        assert set(s.get_many(key_of_docs(r, docs[:4]))) == set(key_of_docs(r, docs[:4]))
+        assert s.stats().stale_served == 4
+
+
+def key_of_docs(r: CachedReRanker, docs: list[Any]) -> list[str]:
+    """The store keys of ``docs`` under ``r``'s model, instruct and query."""
+    return [
+        score_key(r.model, r.instruct, r.query, d.field("content"), scorer=r.scorer_id)
+        for d in docs
+    ]
+
+
+def _limits_of(r: CachedReRanker, per_request: int) -> Any:
+    """``r``'s request limits with at most ``per_request`` documents a request."""
+    return dataclasses.replace(r.limits, max_documents=per_request)
+
+
+def test_kept_values_are_parsed_strictly(redis_server: RedisServer, ns: str) -> None:
+    """Only "repr|expiry ms" exactly as written is a kept score: anything else is a miss for
+    both reads, and unsafe for check()."""
+    planted = ["0.5|", "0.5|01", "0.5|-5", "0.5|1e3", "0.5|12|3", "0.50|99", "0.5| 99", "|99"]
+    far = int(time.time() * 1000) + 3_600_000
+    with (
+        redis_server.client() as client,
+        RedisScoreCache(redis_server.url, namespace=ns, stale_ttl=3600) as s,
+    ):
+        for i, value in enumerate(planted):
+            client.set(f"{ns}:s:{key(i)}", value)
+        client.set(f"{ns}:s:{key(99)}", f"0.5|{far}")
+        wanted = [key(i) for i in [*range(len(planted)), 99]]
+        assert s.get_many(wanted) == {key(99): 0.5}
+        assert s.get_stale_many(wanted) == {key(99): 0.5}
+        assert s.check().unsafe_rows == len(planted)
+
+
+def test_stale_read_of_a_dead_redis_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    """get_stale_many on an unreachable Redis finds nothing and logs it; it never raises."""
+    port = free_port()
+    with (
+        caplog.at_level(logging.WARNING),
+        RedisScoreCache(f"redis://127.0.0.1:{port}/0", stale_ttl=60, retry_interval=0) as s,
+    ):
+        assert s.get_stale_many([key(1)]) == {}
+        assert "stale read failed" in caplog.text

@@ -50,7 +50,8 @@ __all__ = [
 logger = logging.getLogger("rerank_cache")
 
 #: What a reranker does when DashScope fails after retries.
-OnError = Literal["raise", "fallback"]
+OnError = Literal["raise", "fallback", "stale"]
+_ON_ERROR = ("raise", "fallback", "stale")
 
 #: The model zvec and the SDK default to.
 DEFAULT_MODEL = "gte-rerank-v2"
@@ -331,9 +332,11 @@ def check_query(query: Any) -> str:
 
 
 def check_on_error(on_error: Any) -> OnError:
-    """Return ``on_error`` if it is ``"raise"`` or ``"fallback"``, else raise."""
-    if on_error not in ("raise", "fallback"):
-        raise ConfigurationError(f"on_error must be 'raise' or 'fallback', not {on_error!r}")
+    """Return ``on_error`` if it is ``"raise"``, ``"fallback"`` or ``"stale"``, else raise."""
+    if on_error not in _ON_ERROR:
+        raise ConfigurationError(
+            f"on_error must be 'raise', 'fallback' or 'stale', not {on_error!r}"
+        )
     return on_error  # type: ignore[no-any-return]
 
 

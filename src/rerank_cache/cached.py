@@ -5,12 +5,16 @@ batched read, send only the misses (deduplicated, and never twice at once within
 through the wrapped reranker's scoring path, store each completed request's scores in one
 transaction as soon as it returns (a failure in request 3 of 4 keeps what requests 1-2
 returned), and merge. A cached score is the very float DashScope returned.
+
+With ``on_error="stale"``, a DashScope failure is answered from scores the store kept past
+their ttl (its ``stale_ttl``) when every remaining miss has one (:meth:`_stale_or_raise`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +30,8 @@ from .stores.base import ScoreStore
 
 __all__ = ["CachedReRanker"]
 
+logger = logging.getLogger("rerank_cache")
+
 
 class CachedReRanker(RerankMethods):
     """Wraps a reranker so each (model, instruct, query, document) score is fetched once.
@@ -36,8 +42,12 @@ class CachedReRanker(RerankMethods):
     Args:
         reranker: the reranker to wrap (a :class:`QwenReRanker` or another wrapper).
         cache: the score store, shared freely between rerankers, threads and processes.
-        on_error: ``"raise"`` or ``"fallback"`` (see :class:`QwenReRanker`); by default the
-            wrapped reranker's setting. Fallbacks are counted in the cache's stats.
+        on_error: ``"raise"`` or ``"fallback"`` (see :class:`QwenReRanker`), or ``"stale"``:
+            when DashScope fails after retries, the misses get the scores the store kept
+            past their ttl (its ``stale_ttl``); if every miss has one the call succeeds
+            (logged, counted as ``stale_served``), else the :class:`DashScopeError` is
+            raised. By default the wrapped reranker's setting. Fallbacks and stale scores
+            are counted in the cache's stats.
 
     Example:
         >>> from rerank_cache import QwenReRanker, ScoreCache
@@ -104,7 +114,8 @@ class CachedReRanker(RerankMethods):
 
     @property
     def on_error(self) -> OnError:
-        """What :meth:`rerank` does when DashScope fails: ``"raise"`` or ``"fallback"``."""
+        """What :meth:`rerank` does when DashScope fails: ``"raise"``, ``"fallback"`` or
+        ``"stale"``."""
         return self._on_error
 
     def __getattr__(self, name: str) -> Any:
@@ -150,7 +161,12 @@ class CachedReRanker(RerankMethods):
         cache.record_lookup(model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
         if pending:
-            self._fetch(pending, key_of, scores, sent, on_batch)
+            try:
+                self._fetch(pending, key_of, scores, sent, on_batch)
+            except DashScopeError as exc:
+                missing = self._still_missing(exc, pending, scores)
+                stale = cache.get_stale_many(missing)
+                self._stale_or_raise(exc, missing, stale, scores)
         return ScoreResult(scores, tuple(sent))
 
     async def ascore_texts(
@@ -176,7 +192,12 @@ class CachedReRanker(RerankMethods):
         await asyncio.to_thread(cache.record_lookup, model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
         if pending:
-            await self._afetch(pending, key_of, scores, sent, on_batch)
+            try:
+                await self._afetch(pending, key_of, scores, sent, on_batch)
+            except DashScopeError as exc:
+                missing = self._still_missing(exc, pending, scores)
+                stale = await asyncio.to_thread(cache.get_stale_many, missing)
+                self._stale_or_raise(exc, missing, stale, scores)
         return ScoreResult(scores, tuple(sent))
 
     async def _afetch(
@@ -309,6 +330,38 @@ class CachedReRanker(RerankMethods):
     ) -> None:
         for key, value in late.items():
             scores[pending.pop(key)] = value
+
+    def _still_missing(
+        self, exc: DashScopeError, pending: dict[str, str], scores: dict[str, float]
+    ) -> dict[str, str]:
+        """The misses (key -> text) a failed fetch left without a score; re-raise ``exc``
+        unless ``on_error="stale"``. Scores of requests that succeeded are kept."""
+        if self._on_error != "stale":
+            raise exc
+        return {key: text for key, text in pending.items() if text not in scores}
+
+    def _stale_or_raise(
+        self,
+        exc: DashScopeError,
+        missing: dict[str, str],
+        stale: dict[str, float],
+        scores: dict[str, float],
+    ) -> None:
+        """Serve every miss its kept score, logged once and counted; or raise ``exc`` when
+        one has none (a partial answer would rank documents against missing scores)."""
+        if any(key not in stale for key in missing):
+            raise exc
+        if not missing:
+            return  # every score arrived (another caller's fetch failed, not ours)
+        for key, text in missing.items():
+            scores[text] = stale[key]
+        logger.warning(
+            "rerank-cache: DashScope failed (%s); served %d score(s) past their ttl "
+            "(on_error='stale')",
+            exc,
+            len(missing),
+        )
+        self._cache.record_stale(self.model, len(missing))
 
     def _count_fallback(self) -> None:
         self._cache.record_fallback(self.model)

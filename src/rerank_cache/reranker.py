@@ -100,7 +100,9 @@ class QwenReRanker(RerankMethods):
         limits: request limits; defaults to the documented limits of ``model``.
         on_error: ``"raise"`` (default) raises :class:`DashScopeError` when DashScope fails
             after retries; ``"fallback"`` logs a warning, counts it, and returns the
-            documents in retrieval order with their original scores.
+            documents in retrieval order with their original scores; ``"stale"`` is for a
+            :class:`CachedReRanker` (it serves scores kept past their ttl) and, on a
+            reranker without a cache, behaves as ``"raise"``.
 
     Raises:
         ValueError: (a :class:`ConfigurationError`) when the query is empty or None,
@@ -271,7 +273,8 @@ class QwenReRanker(RerankMethods):
 
     @property
     def on_error(self) -> OnError:
-        """What :meth:`rerank` does when DashScope fails: ``"raise"`` or ``"fallback"``."""
+        """What :meth:`rerank` does when DashScope fails: ``"raise"``, ``"fallback"`` or
+        ``"stale"`` (here the same as ``"raise"``: there is no cache to serve from)."""
         return self._on_error
 
     @property

@@ -65,6 +65,7 @@ def stats_json(stats: CacheStats) -> dict[str, Any]:
         "duplicate_sends": stats.duplicate_sends,
         "store_errors": stats.store_errors,
         "fallbacks": stats.fallbacks,
+        "stale_served": stats.stale_served,
         "oldest_entry": when(stats.oldest_entry),
         "newest_entry": when(stats.newest_entry),
         "models": models,
@@ -116,6 +117,7 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
     row("duplicate sends", f"{data['duplicate_sends']:,}")
     row("store errors", f"{data['store_errors']:,}")
     row("fallbacks", f"{data['fallbacks']:,}")
+    row("stale served", f"{data['stale_served']:,}")
     if data["models"]:
         print(file=out)
         header = (

@@ -58,7 +58,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 _Store = TypeVar("_Store", bound="StoreBase")
 
 
-def ttl_seconds(ttl: float | timedelta | None) -> float | None:
+def ttl_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
     """Return a ``ttl`` argument as seconds (None: never expire).
 
     Raises:
@@ -72,9 +72,9 @@ def ttl_seconds(ttl: float | timedelta | None) -> float | None:
         return None
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ValueError(f"ttl must be seconds, a timedelta or None, not {ttl!r}")
+        raise ValueError(f"{name} must be seconds, a timedelta or None, not {ttl!r}")
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be positive, got {ttl!r}")
+        raise ValueError(f"{name} must be positive, got {ttl!r}")
     return float(seconds)
 
 
@@ -111,8 +111,15 @@ class ScoreStore(Protocol):
     ) -> bool:
         """Store scores and usage in one transaction; False when it failed open."""
 
+    def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Scores of ``keys`` that are live or past their ttl by less than the store's
+        ``stale_ttl`` (none without one). For ``on_error="stale"``; never raises."""
+
     def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
         """Count pairs looked up."""
+
+    def record_stale(self, model: str, served: int) -> None:
+        """Count scores served stale because DashScope failed."""
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order."""
@@ -263,8 +270,15 @@ class StoreBase:
     #: Whether a flush that does not wait (from the request path) warns when it fails.
     _warn_unwaited_flush = True
 
-    def __init__(self, *, ttl: float | timedelta | None, stats_flush_interval: float) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float | timedelta | None,
+        stats_flush_interval: float,
+        stale_ttl: float | timedelta | None = None,
+    ) -> None:
         self._ttl = ttl_seconds(DEFAULT_TTL if ttl is TTL_UNSET else ttl)
+        self._stale_ttl = ttl_seconds(stale_ttl, name="stale_ttl")
         self._pending = PendingCounters(stats_flush_interval)
         self._closed = False
         # Held by a flush and by close(), so the flusher never writes through a closed store.
@@ -286,6 +300,11 @@ class StoreBase:
         """Seconds a score stays valid, or None for no expiry."""
         return self._ttl
 
+    @property
+    def stale_ttl(self) -> float | None:
+        """Seconds an expired score is kept for ``on_error="stale"``, or None (not kept)."""
+        return self._stale_ttl
+
     # -- hooks ---------------------------------------------------------------------------
 
     @property
@@ -295,6 +314,11 @@ class StoreBase:
 
     def _read_scores(self, keys: list[str]) -> dict[str, float]:
         """Look up ``keys`` (at least one) in one batch; raise one of ``_failures`` if it fails."""
+        raise NotImplementedError
+
+    def _read_stale_scores(self, keys: list[str]) -> dict[str, float]:
+        """Look up ``keys`` (at least one; ``stale_ttl`` is set), live or within the stale
+        window, in one batch; raise one of ``_failures`` if it fails."""
         raise NotImplementedError
 
     def _write_scores(
@@ -366,6 +390,27 @@ class StoreBase:
         self._reachable()
         return found
 
+    def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
+        """Look up scores live or expired less than ``stale_ttl`` ago, in one batch.
+
+        What ``on_error="stale"`` serves when DashScope fails; never called on the normal
+        path. Without a ``stale_ttl`` nothing is kept, so nothing is found. Never raises
+        for storage trouble: it is logged, counted, and reads as nothing found.
+        """
+        wanted = list(keys)
+        if not wanted or self._stale_ttl is None:
+            return {}
+        if self._is_down():
+            self._skip("stale read")
+            return {}
+        try:
+            found = self._read_stale_scores(wanted)
+        except self._failures as exc:
+            self._store_error("stale read", exc)
+            return {}
+        self._reachable()
+        return found
+
     def put_many(
         self,
         scores: Mapping[str, float],
@@ -413,6 +458,10 @@ class StoreBase:
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
         self._pending.add(model, {"fallbacks": 1})
+
+    def record_stale(self, model: str, served: int) -> None:
+        """Count scores served past their ttl because DashScope failed (``stale_served``)."""
+        self._pending.add(model, {"stale_served": served})
 
     def flush_stats(self) -> None:
         """Write the in-memory counters now (fails open: they are kept for a later flush).

@@ -213,6 +213,9 @@ class ScoreCache(StoreBase):
             also flushed with every write and on close).
         recover: when the cache file is damaged, move it aside and start empty (True) or
             raise :class:`CorruptCacheError` (False).
+        stale_ttl: how long past its ttl a score is kept for ``on_error="stale"`` (seconds,
+            a ``timedelta``, or None: not kept). Kept scores are never read by
+            :meth:`get_many` nor counted as entries; :meth:`expire` deletes them after it.
 
     Example:
         >>> import tempfile
@@ -236,8 +239,9 @@ class ScoreCache(StoreBase):
         timeout: float = 5.0,
         stats_flush_interval: float = 1.0,
         recover: bool = True,
+        stale_ttl: float | timedelta | None = None,
     ) -> None:
-        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval)
+        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval, stale_ttl=stale_ttl)
         if size_limit < 1:
             raise ValueError("size_limit must be positive")
         self._directory = secure_directory(
@@ -404,6 +408,13 @@ class ScoreCache(StoreBase):
     def _read_scores(self, keys: list[str]) -> dict[str, float]:
         return sqlite.get_scores(self._con, keys, time.time())
 
+    def _read_stale_scores(self, keys: list[str]) -> dict[str, float]:
+        return sqlite.get_scores(self._con, keys, self._deletable_before(time.time()))
+
+    def _deletable_before(self, now: float) -> float:
+        """Rows that expired before this are gone for good (past the stale window too)."""
+        return now - (self._stale_ttl or 0.0)
+
     def _write_scores(
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
@@ -414,7 +425,7 @@ class ScoreCache(StoreBase):
             sqlite.upsert_scores(con, scores, now, None if self._ttl is None else now + self._ttl)
             counters[model]["duplicate_sends"] += duplicates
             # Tidy as we go: drop as many expired rows as we wrote.
-            sqlite.tidy_expired(con, time.time(), len(scores))
+            sqlite.tidy_expired(con, self._deletable_before(time.time()), len(scores))
             sqlite.add_counters(con, counters)
         self._enforce_size_limit()
         return True
@@ -471,13 +482,14 @@ class ScoreCache(StoreBase):
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:
         """Delete expired scores (only ``model``'s, if given); return how many.
 
-        In chunks, each its own transaction, like :meth:`clear`.
+        With a ``stale_ttl``, only scores expired longer than it ago. In chunks, each its
+        own transaction, like :meth:`clear`.
 
         Raises:
             CacheError: the file is locked too long or cannot be written
                 (:class:`CorruptCacheError` if damaged).
         """
-        when = time.time() if now is None else now
+        when = self._deletable_before(time.time() if now is None else now)
         return self._delete_in_chunks(
             "expiring", lambda con: sqlite.delete_expired(con, when, model)
         )

@@ -68,8 +68,10 @@ from .redis_format import (
     NAMESPACE,
     Bucket,
     bucket_field,
+    encode_score,
     live_entries,
     parse_counters,
+    parse_entry,
     parse_score,
     redact_url,
     split_namespace,
@@ -116,6 +118,9 @@ class RedisScoreCache(StoreBase):
             also flushed with every write and on close).
         retry_interval: after a connection failure, seconds during which Redis is not tried
             (reads miss, writes are skipped, both counted) before it is tried again.
+        stale_ttl: how long past its ttl a score is kept for ``on_error="stale"`` (seconds,
+            a ``timedelta``, or None: not kept). The key lives ttl + stale_ttl and holds its
+            real expiry, so normal reads miss it after the ttl; it is not counted as an entry.
 
     Example:
         >>> cache = RedisScoreCache("redis://:s3cret@localhost:6379/0", namespace="search")
@@ -135,9 +140,16 @@ class RedisScoreCache(StoreBase):
         timeout: float = 0.5,
         stats_flush_interval: float = 1.0,
         retry_interval: float = 5.0,
+        stale_ttl: float | timedelta | None = None,
     ) -> None:
-        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval)
+        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval, stale_ttl=stale_ttl)
         self._ttl_ms = None if self._ttl is None else max(1, math.ceil(self._ttl * 1000))
+        # Scores that never expire need no stale window: they are written as before.
+        self._stale_ms = (
+            None
+            if self._stale_ttl is None or self._ttl_ms is None
+            else math.ceil(self._stale_ttl * 1000)
+        )
         if not timeout > 0 or not math.isfinite(timeout):
             raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
         if retry_interval < 0:
@@ -274,29 +286,40 @@ class RedisScoreCache(StoreBase):
     # -- reads and writes (StoreBase hooks): one MGET, one MULTI ---------------------------
 
     def _read_scores(self, keys: list[str]) -> dict[str, float]:
+        return self._read_until(keys, int(time.time() * 1000))
+
+    def _read_stale_scores(self, keys: list[str]) -> dict[str, float]:
+        return self._read_until(keys, int(time.time() * 1000) - (self._stale_ms or 0))
+
+    def _read_until(self, keys: list[str], expired_before_ms: int) -> dict[str, float]:
+        """Scores of ``keys`` whose real expiry (if stored) is after ``expired_before_ms``."""
         values = self._client.mget([self._score_key(key) for key in keys])
         found: dict[str, float] = {}
         for key, raw in zip(keys, values, strict=True):
-            value = parse_score(raw)
-            if value is not None:
-                found[key] = value
+            entry = parse_entry(raw)
+            if entry is not None and (entry[1] is None or entry[1] > expired_before_ms):
+                found[key] = entry[0]
         return found
 
     def _write_scores(
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
-        bucket = bucket_field(model, self._ttl_ms, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        bucket = bucket_field(model, self._ttl_ms, now_ms)
+        expires, px = None, self._ttl_ms
+        if self._stale_ms is not None and self._ttl_ms is not None:
+            expires, px = now_ms + self._ttl_ms, self._ttl_ms + self._stale_ms
         pipe = self._client.pipeline(transaction=True)
         for key, value in scores.items():
             # GET returns the value the key held: a live one means a duplicate send.
-            pipe.set(self._score_key(key), repr(value), px=self._ttl_ms, get=True)
+            pipe.set(self._score_key(key), encode_score(value, expires), px=px, get=True)
         if scores:
             pipe.hincrby(self._entries_key, bucket, len(scores))
         self._queue_counters(pipe, counters)
         results = pipe.execute(raise_on_error=False)
         previous = results[: len(scores)]
         refused = sum(isinstance(r, Exception) for r in previous)
-        duplicates = sum(r is not None and not isinstance(r, Exception) for r in previous)
+        duplicates = sum(_was_live(r, now_ms) for r in previous)
         if duplicates:
             self._pending.add(model, {"duplicate_sends": duplicates})
         failed = [r for r in results if isinstance(r, Exception)]
@@ -455,6 +478,15 @@ class RedisScoreCache(StoreBase):
             )
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+
+
+def _was_live(previous: Any, now_ms: int) -> bool:
+    """Whether a value ``SET ... GET`` replaced was a live score (a duplicate send); one
+    kept past its ttl for ``on_error="stale"`` was not."""
+    if previous is None or isinstance(previous, Exception):
+        return False
+    entry = parse_entry(previous)
+    return entry is None or entry[1] is None or entry[1] > now_ms
 
 
 def _build_stats(

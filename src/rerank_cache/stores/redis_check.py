@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..keys import model_of
-from .redis_format import Bucket, bucket_field, int_or_none, parse_score, text
+from .redis_format import Bucket, bucket_field, int_or_none, parse_entry, text
 from .stats import COUNTER_NAMES, CheckReport
 
 if TYPE_CHECKING:
@@ -71,12 +71,16 @@ def check_namespace(
                 continue  # expired or deleted while we scanned
             rows += 1
             model = model_of(name)
-            if raw is None or model is None or parse_score(raw) is None:
+            entry = None if raw is None else parse_entry(raw)
+            if entry is None or model is None:
                 unsafe.append(key)
                 continue
+            expires = entry[1]
+            if expires is not None and expires <= now_ms:
+                continue  # kept past its ttl for on_error="stale": not an entry
             found[model] += 1
             if fix:
-                remaining = int(ttls[index])
+                remaining = int(ttls[index]) if expires is None else expires - now_ms
                 if remaining < 0:
                     rebuilt[bucket_field(model, None, now_ms)] += 1
                 else:

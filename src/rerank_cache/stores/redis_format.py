@@ -3,7 +3,10 @@
 The layout under a namespace (default :data:`DEFAULT_NAMESPACE`)::
 
     {ns}:s:{key}     one score, key from rerank_cache.keys; the value is repr(float) and the
-                     time to live is set on the key (SET ... PX), so Redis expires it itself
+                     time to live is set on the key (SET ... PX), so Redis expires it itself.
+                     A store with a ``stale_ttl`` writes "repr(float)|expiry ms" and sets
+                     the key's TTL to ttl + stale_ttl: past the expiry the score is kept
+                     only for ``on_error="stale"`` (:func:`encode_score`, :func:`parse_entry`)
     {ns}:counters    hash "{counter}:{model}" -> integer (HINCRBY): hits, misses, usage...
     {ns}:entries     hash "{expiry bucket}:{ttl ms}:{model}" -> scores stored (HINCRBY)
 
@@ -30,9 +33,11 @@ __all__ = [
     "Bucket",
     "bucket_field",
     "bucket_width",
+    "encode_score",
     "int_or_none",
     "live_entries",
     "parse_counters",
+    "parse_entry",
     "parse_score",
     "redact_url",
     "split_namespace",
@@ -76,6 +81,38 @@ def parse_score(raw: bytes | str | None) -> float | None:
     if not math.isfinite(value) or repr(value) != text:
         return None
     return value
+
+
+def encode_score(value: float, expires_ms: int | None) -> str:
+    """What is stored for a score: its ``repr``, then ``|`` and its real expiry (Unix ms)
+    when the key outlives it (a store with a ``stale_ttl``)."""
+    return repr(value) if expires_ms is None else f"{value!r}|{expires_ms}"
+
+
+def parse_entry(raw: bytes | str | None) -> tuple[float, int | None] | None:
+    """Return a stored score and its real expiry (Unix ms; None: the key's own TTL), or
+    None unless it is exactly what :func:`encode_score` writes.
+
+    Example:
+        >>> parse_entry(b"0.5"), parse_entry(b"0.5|1700000000000"), parse_entry(b"0.5|01")
+        ((0.5, None), (0.5, 1700000000000), None)
+    """
+    if raw is None or len(raw) > _MAX_SCORE_CHARS + 17:  # "|" and a 16-digit expiry
+        return None
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    head, sep, tail = raw.partition("|")
+    value = parse_score(head)
+    if value is None:
+        return None
+    if not sep:
+        return value, None
+    if not tail.isdigit() or str(int(tail)) != tail:
+        return None
+    return value, int(tail)
 
 
 def split_namespace(url: str) -> tuple[str, str | None]:

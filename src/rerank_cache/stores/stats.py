@@ -33,6 +33,7 @@ COUNTER_NAMES = (
     "duplicate_sends",
     "store_errors",
     "fallbacks",
+    "stale_served",
 )
 
 
@@ -49,6 +50,7 @@ class ModelStats(BaseModel):
     tokens_billed: int = 0
     duplicate_sends: int = 0
     fallbacks: int = 0
+    stale_served: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -63,7 +65,8 @@ class CacheStats(BaseModel):
     ``hits`` and ``misses`` count (query, document) pairs looked up; ``documents_sent``
     counts documents in successful API requests; ``duplicate_sends`` counts scores fetched
     that another process had stored in the meantime; ``store_errors`` counts storage
-    operations that failed open.
+    operations that failed open; ``stale_served`` counts scores past their ttl served
+    because DashScope failed (``on_error="stale"``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -82,6 +85,7 @@ class CacheStats(BaseModel):
     duplicate_sends: int
     store_errors: int
     fallbacks: int
+    stale_served: int = 0
     oldest_entry: datetime | None
     newest_entry: datetime | None
     models: dict[str, ModelStats]
@@ -139,6 +143,7 @@ def build_stats(
         duplicate_sends=total["duplicate_sends"],
         store_errors=total["store_errors"],
         fallbacks=total["fallbacks"],
+        stale_served=total["stale_served"],
         oldest_entry=oldest,
         newest_entry=newest,
         models=models,
