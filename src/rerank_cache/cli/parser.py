@@ -102,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     stats = sub.add_parser("stats", parents=[where], help="what the cache holds and what it saved")
-    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    form = stats.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print one JSON object")
+    form.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the counters in the Prometheus text exposition format (0.0.4)",
+    )
 
     w = sub.add_parser("warm", parents=[where], help="score pairs from a JSONL file into the cache")
     _add_warm_arguments(w)

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..metrics import render_store_metrics
 from ..pricing import CURRENCY, estimate_cost
 from ..stores.disk import read_stats
 from ..stores.stats import CacheStats
@@ -87,6 +88,9 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
         require_writable(target)
         stats = read_stats(target)
         size_label = "size on disk"
+    if args.prometheus:
+        print("\n".join(render_store_metrics(stats)))
+        return EXIT_OK
     data = stats_json(stats)
     if args.json:
         print(json.dumps(data, indent=2))
