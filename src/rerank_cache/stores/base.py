@@ -37,6 +37,7 @@ __all__ = [
     "TTL_UNSET",
     "AdminStore",
     "CounterWriter",
+    "Purpose",
     "ScoreStore",
     "StoreBase",
     "finite_scores",
@@ -56,6 +57,11 @@ TTL_UNSET: Any = object()
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _Store = TypeVar("_Store", bound="StoreBase")
+
+#: Who looked pairs up or stored scores: an application (``"app"``: ``rerank``, ``arerank``,
+#: ``score_texts``) or a warming run (``"warm"``). Warming is counted apart, so hits, misses
+#: and the savings they imply describe the applications only.
+Purpose = Literal["app", "warm"]
 
 
 def ttl_seconds(ttl: float | timedelta | None) -> float | None:
@@ -108,11 +114,14 @@ class ScoreStore(Protocol):
         api_requests: int = 0,
         documents_sent: int = 0,
         tokens_billed: int = 0,
+        purpose: Purpose = "app",
     ) -> bool:
         """Store scores and usage in one transaction; False when it failed open."""
 
-    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
-        """Count pairs looked up."""
+    def record_lookup(
+        self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
+    ) -> None:
+        """Count pairs looked up (by an application, or by warming)."""
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order."""
@@ -374,17 +383,21 @@ class StoreBase:
         api_requests: int = 0,
         documents_sent: int = 0,
         tokens_billed: int = 0,
+        purpose: Purpose = "app",
     ) -> bool:
         """Store scores (and usage) in one transaction; return False if it failed open.
 
-        Only finite floats are stored. Scores whose key is already live count as duplicate
-        sends (another process fetched the same pair meanwhile). Counters pending in memory
-        are written in the same transaction.
+        Usage counts in the totals whatever the ``purpose``; warming's is also counted
+        apart (``warm_sent``, ``warm_tokens_billed``). Only finite floats are stored. Scores
+        whose key is already live count as duplicate sends (another process fetched the same
+        pair meanwhile). Counters pending in memory are written in the same transaction.
         """
         clean = finite_scores(scores)
         usage = Counter(
             api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
         )
+        if purpose == "warm":
+            usage.update(warm_sent=documents_sent, warm_tokens_billed=tokens_billed)
         if self._is_down():
             self._skip("write")
             self._pending.add(model, usage)
@@ -404,10 +417,19 @@ class StoreBase:
 
     # -- counters ------------------------------------------------------------------------
 
-    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+    def record_lookup(
+        self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
+    ) -> None:
         """Count pairs looked up; a background thread writes them every
-        ``stats_flush_interval`` seconds (this never writes)."""
-        self._pending.add(model, {"hits": hits, "misses": misses})
+        ``stats_flush_interval`` seconds (this never writes).
+
+        A warming lookup (one per input line) counts under ``warm_*``, not as hits or misses.
+        """
+        if purpose == "warm":
+            looked_up = {"warm_lines": 1, "warm_looked_up": hits + misses, "warm_cached": hits}
+            self._pending.add(model, looked_up)
+        else:
+            self._pending.add(model, {"hits": hits, "misses": misses})
         _FLUSHER.ensure()
 
     def record_fallback(self, model: str) -> None:
