@@ -14,7 +14,7 @@ from rerank_cache import QwenReRanker, ScoreCache
 from rerank_cache.cli import main
 from rerank_cache.metrics import StoreCollector, render_store_metrics
 from rerank_cache.serve import metrics as serve_metrics
-from rerank_cache.stores.stats import build_stats
+from rerank_cache.stores.stats import CacheStats, build_stats
 
 from .helpers import cached, make_docs
 
@@ -105,7 +105,7 @@ def test_store_collector_matches_stats_prometheus(
 
 def test_registering_the_collector_does_not_read_the_store(tmp_path: Path) -> None:
     class Unreadable(ScoreCache):
-        def stats(self) -> object:  # type: ignore[override]
+        def stats(self) -> CacheStats:
             raise AssertionError("read at registration")
 
     with Unreadable(tmp_path / "s") as store:

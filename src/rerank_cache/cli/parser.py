@@ -123,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--fix", action="store_true", help="remove unsafe rows; move a damaged file aside"
     )
 
+    export = sub.add_parser(
+        "export", parents=[where], help="write every live score as JSON lines (no texts)"
+    )
+    export.add_argument(
+        "output", metavar="PATH", nargs="?", default="-", help="file, or - for stdout (default)"
+    )
+    export.add_argument("--model", help="only this model's scores")
+
+    imp = sub.add_parser(
+        "import", parents=[where], help="load scores written by export, keeping their expiry"
+    )
+    imp.add_argument("input", metavar="PATH", help="file, or - for standard input")
+
     sub.add_parser(
         "path",
         parents=[where],

@@ -24,7 +24,7 @@ import os
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -151,6 +151,12 @@ class AdminStore(ScoreStore, Protocol):
 
     def flush_stats(self) -> None:
         """Write counters kept in memory now (fails open)."""
+
+    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
+        """Every live score as ``(key, score, expires_at)``, in chunks (an export)."""
+
+    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
+        """Store rows each keeping its own expiry (an import); return how many."""
 
     def __enter__(self) -> AdminStore:
         """Use the store as a context manager; it closes on exit."""
