@@ -143,15 +143,36 @@ def test_stats_match_server_counts(
     assert data["schema_version"] == 1
     assert data["api_requests"] == srv.ok_requests
     assert data["documents_sent"] == srv.documents == 96
-    assert data["tokens_billed"] == srv.tokens
-    assert (data["entries"], data["hits"], data["misses"]) == (96, 96, 96)
-    assert data["hit_rate"] == 0.5
+    assert data["tokens_billed"] == srv.tokens  # warming is on the bill
+    # Warming is not an application's lookup: no hits, misses or savings from it.
+    assert (data["entries"], data["hits"], data["misses"]) == (96, 0, 0)
+    assert (data["hit_rate"], data["estimated_tokens_saved"]) == (0.0, 0)
+    assert data["warm"] == {
+        "lines": 24,
+        "looked_up": 192,
+        "already_cached": 96,
+        "sent": 96,
+        "tokens_billed": srv.tokens,
+    }
     assert set(data["models"]) == {"gte-rerank-v2", "qwen3-rerank"}
     assert data["models"]["qwen3-rerank"]["entries"] == 24
-    assert data["estimated_tokens_saved"] == srv.tokens  # every billed pair hit once
+    assert data["models"]["qwen3-rerank"]["warm"]["lines"] == 6
+    # An application reranking warmed pairs: those are hits, and they save tokens.
+    line = json.loads(log_lines(1)[0])
+    app = QwenReRanker(
+        line["query"], api_key=API_KEY, base_url=server.base_url, rerank_field="text"
+    )
+    with CachedReRanker(app, ScoreCache(env)) as reranker:
+        reranker.score_texts(line["documents"])
+    assert main(["--cache-dir", str(env), "stats", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["hits"], data["misses"], data["warm"]["lines"]) == (8, 0, 24)
+    assert data["estimated_tokens_saved"] > 0
+    assert server.stats.documents == 96
     assert main(["--cache-dir", str(env), "stats"]) == 0
     table = capsys.readouterr().out
-    assert "hit rate                  50.0%" in table
+    assert "hit rate                  100.0%" in table
+    assert "    lines                   24" in table
     assert "qwen3-rerank" in table
 
 

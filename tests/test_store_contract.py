@@ -541,11 +541,20 @@ def test_cli_warm_stats_clear(
     capsys.readouterr()
     assert main([*where, "stats", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert (data["entries"], data["hits"], data["misses"]) == (48, 48, 48)
+    assert (data["entries"], data["hits"], data["misses"]) == (48, 0, 0)  # warming apart
+    assert data["warm"] == {
+        "lines": 12,
+        "looked_up": 96,
+        "already_cached": 48,
+        "sent": 48,
+        "tokens_billed": server.stats.tokens,
+    }
     assert data["api_requests"] == server.stats.ok_requests
+    assert data["tokens_billed"] == server.stats.tokens
     assert data["models"]["qwen3-rerank"]["entries"] == 16
+    assert data["models"]["qwen3-rerank"]["warm"]["sent"] == 16
     assert main([*where, "stats"]) == 0
-    assert "hit rate                  50.0%" in capsys.readouterr().out
+    assert "hit rate                  \u2014" in capsys.readouterr().out
     assert main([*where, "clear", "--model", "qwen3-rerank", "--yes"]) == 0
     assert "deleted 16 scores of model qwen3-rerank" in capsys.readouterr().out
     assert main([*where, "check"]) == 0

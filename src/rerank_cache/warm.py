@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +38,8 @@ from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
-from .stores.base import ScoreStore
+from .stores.base import Purpose, ScoreStore
+from .stores.stats import CacheStats
 
 __all__ = [
     "InvalidLineError",
@@ -226,6 +227,62 @@ def parse_line(
     )
 
 
+class _Warming:
+    """The store as warming uses it: lookups and usage are counted as warming's.
+
+    Warming's lookups are not the applications' hits and misses, and its "already cached"
+    pairs saved nothing, so they are counted apart (``stats().warm``); what it is billed
+    still counts in the totals. A wrapper, so the caching layer stays unaware of warming.
+    """
+
+    def __init__(self, store: ScoreStore) -> None:
+        self._store = store
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        return self._store.get_many(keys)
+
+    def put_many(
+        self,
+        scores: Mapping[str, float],
+        *,
+        model: str,
+        api_requests: int = 0,
+        documents_sent: int = 0,
+        tokens_billed: int = 0,
+        purpose: Purpose = "warm",
+    ) -> bool:
+        del purpose  # everything written while warming is warming's
+        return self._store.put_many(
+            scores,
+            model=model,
+            api_requests=api_requests,
+            documents_sent=documents_sent,
+            tokens_billed=tokens_billed,
+            purpose="warm",
+        )
+
+    def record_lookup(
+        self, model: str, *, hits: int, misses: int, purpose: Purpose = "warm"
+    ) -> None:
+        del purpose
+        self._store.record_lookup(model, hits=hits, misses=misses, purpose="warm")
+
+    def record_fallback(self, model: str) -> None:
+        self._store.record_fallback(model)
+
+    def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
+        return self._store.get_stale_many(keys)
+
+    def record_stale(self, model: str, served: int) -> None:
+        self._store.record_stale(model, served)
+
+    def stats(self) -> CacheStats:
+        return self._store.stats()
+
+    def close(self) -> None:
+        """Leave the store open: whoever passed it to :func:`warm` closes it."""
+
+
 def warm(
     source: Iterable[str | bytes],
     cache: ScoreStore,
@@ -281,6 +338,7 @@ def warm(
         )
         return
     limiter = RateLimiter(max_rpm) if max_rpm is not None else None
+    warming = _Warming(cache)
     bases: dict[tuple[str, str | None], QwenReRanker] = {}
 
     def reranker_for(request: WarmRequest) -> CachedReRanker:
@@ -298,7 +356,7 @@ def warm(
                 max_concurrency=1,
                 max_rpm=limiter,
             )
-        return CachedReRanker(base.with_query(request.query), cache)
+        return CachedReRanker(base.with_query(request.query), warming)
 
     def run(request: WarmRequest, reranker: CachedReRanker) -> LineWarmed:
         result = reranker.score_texts(request.texts)

@@ -1,10 +1,10 @@
 """The ``rerank-cache`` command: is the cache working, and what is it saving us?
 
-Subcommands: ``stats``, ``warm``, ``clear``, ``check``, ``path``. Results go to stdout;
-diagnostics and progress go to stderr. Exit codes: 0 success, 1 failure, 2 usage error,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A user mistake gives one line on stderr,
-never a traceback and never the API key. A reader that goes away (``stats | head -2``) ends
-the command quietly.
+Subcommands: ``stats``, ``warm``, ``clear``, ``check``, ``path``, ``export``, ``import``,
+``serve``. Results go to stdout; diagnostics and progress go to stderr. Exit codes: 0
+success, 1 failure, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A
+user mistake gives one line on stderr, never a traceback and never the API key. A reader
+that goes away (``stats | head -2``) ends the command quietly.
 
 Every command works on either store: a directory (``--cache-dir``, ``$RERANK_CACHE_DIR``)
 or a Redis server (``--cache-url redis://...``, ``$RERANK_CACHE_URL``), given before or
@@ -34,6 +34,7 @@ from .parser import build_parser, build_warm_parser
 from .progress import WarmProgress
 from .stats import run_stats, stats_json
 from .target import resolve_target
+from .transfer import run_export, run_import
 from .warm import run_warm
 
 __all__ = ["WarmProgress", "build_parser", "build_warm_parser", "main", "stats_json", "warm_main"]
@@ -62,6 +63,8 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         "clear": run_clear,
         "check": run_check,
         "path": run_path,
+        "export": run_export,
+        "import": run_import,
         "serve": run_serve,
     }[args.command]
     try:

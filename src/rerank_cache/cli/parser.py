@@ -102,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     stats = sub.add_parser("stats", parents=[where], help="what the cache holds and what it saved")
-    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    form = stats.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print one JSON object")
+    form.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="print the counters in the Prometheus text exposition format (0.0.4)",
+    )
 
     w = sub.add_parser("warm", parents=[where], help="score pairs from a JSONL file into the cache")
     _add_warm_arguments(w)
@@ -116,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--fix", action="store_true", help="remove unsafe rows; move a damaged file aside"
     )
+
+    export = sub.add_parser(
+        "export", parents=[where], help="write every live score as JSON lines (no texts)"
+    )
+    export.add_argument(
+        "output", metavar="PATH", nargs="?", default="-", help="file, or - for stdout (default)"
+    )
+    export.add_argument("--model", help="only this model's scores")
+
+    imp = sub.add_parser(
+        "import", parents=[where], help="load scores written by export, keeping their expiry"
+    )
+    imp.add_argument("input", metavar="PATH", help="file, or - for standard input")
 
     sub.add_parser(
         "path",

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..metrics import render_store_metrics
 from ..pricing import CURRENCY, estimate_cost
 from ..stores.disk import read_stats
 from ..stores.stats import CacheStats
@@ -26,7 +27,11 @@ def _saved(stats_hits: int, tokens: int, documents: int) -> int:
 
 
 def stats_json(stats: CacheStats) -> dict[str, Any]:
-    """Return the ``stats --json`` object: schema version, totals, per-model breakdown."""
+    """Return the ``stats --json`` object: schema version, totals, warming, per-model breakdown.
+
+    Hits, misses, hit rate and the savings count applications' lookups only; ``warm`` (also
+    in each model) holds what warming did, and its tokens are in ``tokens_billed`` too.
+    """
     models: dict[str, Any] = {}
     saved_tokens = 0
     saved_cost = 0.0
@@ -68,6 +73,7 @@ def stats_json(stats: CacheStats) -> dict[str, Any]:
         "stale_served": stats.stale_served,
         "oldest_entry": when(stats.oldest_entry),
         "newest_entry": when(stats.newest_entry),
+        "warm": stats.warm.model_dump(),
         "models": models,
     }
 
@@ -88,6 +94,9 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
         require_writable(target)
         stats = read_stats(target)
         size_label = "size on disk"
+    if args.prometheus:
+        print("\n".join(render_store_metrics(stats)))
+        return EXIT_OK
     data = stats_json(stats)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -118,6 +127,15 @@ def run_stats(args: argparse.Namespace, target: Target) -> int:
     row("store errors", f"{data['store_errors']:,}")
     row("fallbacks", f"{data['fallbacks']:,}")
     row("stale served", f"{data['stale_served']:,}")
+    warm = data["warm"]
+    if any(warm.values()):  # a cache never warmed: nothing to say
+        print(file=out)
+        print("  warming (not in hits, misses or savings; its tokens are in the totals)", file=out)
+        row("  lines", f"{warm['lines']:,}")
+        row("  pairs looked up", f"{warm['looked_up']:,}")
+        row("  already cached", f"{warm['already_cached']:,}")
+        row("  sent", f"{warm['sent']:,}")
+        row("  tokens billed", f"{warm['tokens_billed']:,}")
     if data["models"]:
         print(file=out)
         header = (

@@ -24,7 +24,7 @@ import os
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -37,6 +37,7 @@ __all__ = [
     "TTL_UNSET",
     "AdminStore",
     "CounterWriter",
+    "Purpose",
     "ScoreStore",
     "StoreBase",
     "finite_scores",
@@ -56,6 +57,11 @@ TTL_UNSET: Any = object()
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _Store = TypeVar("_Store", bound="StoreBase")
+
+#: Who looked pairs up or stored scores: an application (``"app"``: ``rerank``, ``arerank``,
+#: ``score_texts``) or a warming run (``"warm"``). Warming is counted apart, so hits, misses
+#: and the savings they imply describe the applications only.
+Purpose = Literal["app", "warm"]
 
 
 def ttl_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
@@ -108,6 +114,7 @@ class ScoreStore(Protocol):
         api_requests: int = 0,
         documents_sent: int = 0,
         tokens_billed: int = 0,
+        purpose: Purpose = "app",
     ) -> bool:
         """Store scores and usage in one transaction; False when it failed open."""
 
@@ -115,8 +122,10 @@ class ScoreStore(Protocol):
         """Scores of ``keys`` that are live or past their ttl by less than the store's
         ``stale_ttl`` (none without one). For ``on_error="stale"``; never raises."""
 
-    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
-        """Count pairs looked up."""
+    def record_lookup(
+        self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
+    ) -> None:
+        """Count pairs looked up (by an application, or by warming)."""
 
     def record_stale(self, model: str, served: int) -> None:
         """Count scores served stale because DashScope failed."""
@@ -149,6 +158,12 @@ class AdminStore(ScoreStore, Protocol):
 
     def flush_stats(self) -> None:
         """Write counters kept in memory now (fails open)."""
+
+    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
+        """Every live score as ``(key, score, expires_at)``, in chunks (an export)."""
+
+    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
+        """Store rows each keeping its own expiry (an import); return how many."""
 
     def __enter__(self) -> AdminStore:
         """Use the store as a context manager; it closes on exit."""
@@ -419,17 +434,21 @@ class StoreBase:
         api_requests: int = 0,
         documents_sent: int = 0,
         tokens_billed: int = 0,
+        purpose: Purpose = "app",
     ) -> bool:
         """Store scores (and usage) in one transaction; return False if it failed open.
 
-        Only finite floats are stored. Scores whose key is already live count as duplicate
-        sends (another process fetched the same pair meanwhile). Counters pending in memory
-        are written in the same transaction.
+        Usage counts in the totals whatever the ``purpose``; warming's is also counted
+        apart (``warm_sent``, ``warm_tokens_billed``). Only finite floats are stored. Scores
+        whose key is already live count as duplicate sends (another process fetched the same
+        pair meanwhile). Counters pending in memory are written in the same transaction.
         """
         clean = finite_scores(scores)
         usage = Counter(
             api_requests=api_requests, documents_sent=documents_sent, tokens_billed=tokens_billed
         )
+        if purpose == "warm":
+            usage.update(warm_sent=documents_sent, warm_tokens_billed=tokens_billed)
         if self._is_down():
             self._skip("write")
             self._pending.add(model, usage)
@@ -449,10 +468,19 @@ class StoreBase:
 
     # -- counters ------------------------------------------------------------------------
 
-    def record_lookup(self, model: str, *, hits: int, misses: int) -> None:
+    def record_lookup(
+        self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
+    ) -> None:
         """Count pairs looked up; a background thread writes them every
-        ``stats_flush_interval`` seconds (this never writes)."""
-        self._pending.add(model, {"hits": hits, "misses": misses})
+        ``stats_flush_interval`` seconds (this never writes).
+
+        A warming lookup (one per input line) counts under ``warm_*``, not as hits or misses.
+        """
+        if purpose == "warm":
+            looked_up = {"warm_lines": 1, "warm_looked_up": hits + misses, "warm_cached": hits}
+            self._pending.add(model, looked_up)
+        else:
+            self._pending.add(model, {"hits": hits, "misses": misses})
         _FLUSHER.ensure()
 
     def record_fallback(self, model: str) -> None:

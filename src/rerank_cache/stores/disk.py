@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -507,6 +507,27 @@ class ScoreCache(StoreBase):
                 # A waiting writer polls the lock (SQLite's busy handler sleeps up to 100 ms
                 # between tries); a pause as long as the chunk took lets it in.
                 time.sleep(min(max(time.monotonic() - started, 0.005), 0.05))
+
+    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
+        """Every live score (only ``model``'s, if given) as ``(key, score, expires_at)``
+        (epoch seconds; None: never), in key order, a chunk per query: flat memory."""
+        after = ""
+        while True:
+            with self._maintenance("exporting"):
+                rows = sqlite.live_scores_after(self._con, after, time.time(), model, 1000)
+            yield from rows
+            if len(rows) < 1000:
+                return
+            after = rows[-1][0]
+
+    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
+        """Store ``(key, score, expires_at)`` rows, each keeping its own expiry, in one
+        transaction (an import); return how many. Raises :class:`CacheError`."""
+        batch = [(key, float(value), expires) for key, value, expires in rows]
+        with self._maintenance("importing"), self._cache.transact():
+            sqlite.upsert_expiring(self._con, batch, time.time())
+        self._enforce_size_limit()
+        return len(batch)
 
     def count(self, *, model: str | None = None, expired: bool = False) -> int:
         """Count live scores (or expired ones), optionally only ``model``'s.

@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,8 +60,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..errors import CacheError, ConfigurationError
-from ..keys import HASH_DIGITS, key_head
-from .base import REDIS_SCHEMES, TTL_UNSET, CounterWriter, StoreBase
+from ..keys import HASH_DIGITS, key_head, model_of
+from .base import DEFAULT_TTL, REDIS_SCHEMES, TTL_UNSET, CounterWriter, StoreBase
 from .redis_check import check_namespace, scan_batches
 from .redis_format import (
     DEFAULT_NAMESPACE,
@@ -69,12 +69,14 @@ from .redis_format import (
     Bucket,
     bucket_field,
     encode_score,
+    expiry_bucket_field,
     live_entries,
     parse_counters,
     parse_entry,
     parse_score,
     redact_url,
     split_namespace,
+    text,
     url_secrets,
 )
 from .stats import CacheStats, CheckReport, build_stats
@@ -412,14 +414,9 @@ class RedisScoreCache(StoreBase):
         Raises:
             CacheError: Redis cannot be reached.
         """
-        if model is None:
-            pattern = self._score_prefix + "*"
-        else:
-            escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
-            pattern = self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
         deleted = 0
         try:
-            for batch in scan_batches(self._client, pattern):
+            for batch in scan_batches(self._client, self._pattern(model)):
                 deleted += int(self._client.unlink(*batch))
             if model is None:
                 self._client.delete(self._entries_key)
@@ -434,6 +431,66 @@ class RedisScoreCache(StoreBase):
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
         return deleted
+
+    def _pattern(self, model: str | None) -> str:
+        """The SCAN pattern of every score key, or of ``model``'s."""
+        if model is None:
+            return self._score_prefix + "*"
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
+        return self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
+
+    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
+        """Every live score (only ``model``'s, if given) as ``(key, score, expires_at)``
+        (epoch seconds; None: never), a ``SCAN`` batch at a time: flat memory at any size.
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        try:
+            for batch in scan_batches(self._client, self._pattern(model)):
+                pipe = self._client.pipeline(transaction=False)
+                for name in batch:
+                    pipe.get(name)
+                    pipe.pttl(name)
+                replies = pipe.execute(raise_on_error=False)
+                now = time.time()
+                for name, raw, pttl in zip(batch, replies[::2], replies[1::2], strict=True):
+                    score = None if isinstance(raw, Exception) else parse_score(raw)
+                    if score is None or not isinstance(pttl, int) or pttl == -2:
+                        continue  # unsafe (check reports it), or expired meanwhile
+                    key = text(name)[len(self._score_prefix) :]
+                    yield key, score, None if pttl < 0 else now + pttl / 1000
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
+        """Store ``(key, score, expires_at)`` rows, each keeping its own expiry (an import);
+        return how many. Rows already expired are the caller's to skip.
+
+        Raises:
+            CacheError: Redis cannot be reached.
+        """
+        now_ms = int(time.time() * 1000)
+        width_ttl = self._ttl_ms or int(DEFAULT_TTL.total_seconds() * 1000)
+        fields: list[str] = []
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for key, value, expires in rows:
+                expire_ms = None if expires is None else math.ceil(expires * 1000)
+                px = None if expire_ms is None else max(1, expire_ms - now_ms)
+                pipe.set(self._score_key(key), repr(float(value)), px=px, get=True)
+                fields.append(expiry_bucket_field(model_of(key) or "", expire_ms, width_ttl))
+            previous = pipe.execute() if fields else []
+            # Keys that were live already are counted where they were first written.
+            new = Counter(f for f, old in zip(fields, previous, strict=True) if old is None)
+            if new:
+                counts = self._client.pipeline(transaction=True)
+                for field, n in new.items():
+                    counts.hincrby(self._entries_key, field, n)
+                counts.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return len(fields)
 
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:
         """Return 0: Redis deletes expired scores itself (each key carries its TTL)."""

@@ -34,6 +34,7 @@ __all__ = [
     "bucket_field",
     "bucket_width",
     "encode_score",
+    "expiry_bucket_field",
     "int_or_none",
     "live_entries",
     "parse_counters",
@@ -138,10 +139,17 @@ def bucket_width(ttl_ms: int) -> int:
 
 def bucket_field(model: str, ttl_ms: int | None, now_ms: int) -> str:
     """The ``{ns}:entries`` field counting scores of ``model`` written now with ``ttl_ms``."""
-    if ttl_ms is None:
+    return expiry_bucket_field(model, None if ttl_ms is None else now_ms + ttl_ms, ttl_ms or 0)
+
+
+def expiry_bucket_field(model: str, expire_ms: int | None, ttl_ms: int) -> str:
+    """The ``{ns}:entries`` field counting a score of ``model`` that expires at ``expire_ms``
+    (None: never), in buckets as wide as a ``ttl_ms`` store's. An imported score keeps its
+    own expiry, so it is counted by that, not by the time it was written."""
+    if expire_ms is None:
         return f"0:0:{model}"  # never expires
     width = bucket_width(ttl_ms)
-    end = -(-(now_ms + ttl_ms) // width) * width  # expiry rounded up to the bucket's end
+    end = -(-expire_ms // width) * width  # expiry rounded up to the bucket's end
     return f"{end}:{ttl_ms}:{model}"
 
 

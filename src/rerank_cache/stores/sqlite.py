@@ -41,12 +41,14 @@ __all__ = [
     "get_scores",
     "integrity_check",
     "live_keys",
+    "live_scores_after",
     "lock_and_release",
     "read_counters",
     "reset_count_settings",
     "set_busy_timeout",
     "tidy_expired",
     "unsafe_settings",
+    "upsert_expiring",
     "upsert_scores",
 ]
 
@@ -146,6 +148,14 @@ def upsert_scores(
     UPDATE, and a cull check of three more statements, per key). ``DO UPDATE`` (not
     ``REPLACE``) keeps diskcache's count/size triggers right.
     """
+    upsert_expiring(con, [(key, value, expire) for key, value in scores.items()], now)
+
+
+def upsert_expiring(
+    con: sqlite3.Connection, rows: list[tuple[str, float, float | None]], now: float
+) -> None:
+    """Store ``(key, score, expire_time)`` rows, each with its own expiry, as
+    :func:`upsert_scores` does (inside a transaction)."""
     con.executemany(
         "INSERT INTO Cache (key, raw, store_time, expire_time, access_time,"
         " access_count, tag, size, mode, filename, value)"
@@ -153,8 +163,23 @@ def upsert_scores(
         " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
         " expire_time = excluded.expire_time, access_time = excluded.access_time,"
         " value = excluded.value, tag = NULL, size = 0, mode = 1, filename = NULL",
-        [(key, now, expire, now, value) for key, value in scores.items()],
+        [(key, now, expire, now, value) for key, value, expire in rows],
     )
+
+
+def live_scores_after(
+    con: sqlite3.Connection, after: str, now: float, model: str | None, limit: int
+) -> list[tuple[str, float, float | None]]:
+    """Up to ``limit`` live, safe scores (only ``model``'s, if given) with keys after
+    ``after``, in key order: ``(key, score, expire_time)``. One index range per call, so an
+    export walks any size of store in flat memory and without a long read transaction."""
+    where, args = _of_model(model)
+    rows = con.execute(
+        f"SELECT key, value, expire_time FROM Cache WHERE key > ? AND {_SAFE_ROW} AND {_LIVE}"
+        f"{where} AND {_CURRENT} ORDER BY key LIMIT ?",
+        (after, now, *args, KEY_PREFIX, limit),
+    ).fetchall()
+    return [(key, value, expire) for key, value, expire in rows if math.isfinite(value)]
 
 
 def tidy_expired(con: sqlite3.Connection, now: float, limit: int) -> None:

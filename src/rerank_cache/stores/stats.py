@@ -18,6 +18,7 @@ __all__ = [
     "CacheStats",
     "CheckReport",
     "ModelStats",
+    "WarmStats",
     "build_stats",
 ]
 
@@ -34,11 +35,40 @@ COUNTER_NAMES = (
     "store_errors",
     "fallbacks",
     "stale_served",
+    *(f"warm_{name}" for name in ("lines", "looked_up", "cached", "sent", "tokens_billed")),
 )
 
 
+class WarmStats(BaseModel):
+    """What warming (``rerank-cache warm``) did, kept apart from the applications' lookups.
+
+    ``lines``: input lines whose pairs were looked up; ``looked_up``: pairs looked up;
+    ``already_cached``: of those, pairs found in the store; ``sent``: documents sent to
+    DashScope; ``tokens_billed``: what DashScope billed for them (also in the totals).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    lines: int = 0
+    looked_up: int = 0
+    already_cached: int = 0
+    sent: int = 0
+    tokens_billed: int = 0
+
+    @classmethod
+    def from_counters(cls, c: Mapping[str, int]) -> WarmStats:
+        """From a model's (or the total's) ``warm_*`` counters."""
+        return cls(
+            lines=c.get("warm_lines", 0),
+            looked_up=c.get("warm_looked_up", 0),
+            already_cached=c.get("warm_cached", 0),
+            sent=c.get("warm_sent", 0),
+            tokens_billed=c.get("warm_tokens_billed", 0),
+        )
+
+
 class ModelStats(BaseModel):
-    """Per-model usage and entries."""
+    """Per-model usage and entries (``hits`` and ``misses``: applications' lookups only)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -51,6 +81,7 @@ class ModelStats(BaseModel):
     duplicate_sends: int = 0
     fallbacks: int = 0
     stale_served: int = 0
+    warm: WarmStats = WarmStats()
 
     @property
     def hit_rate(self) -> float:
@@ -62,8 +93,10 @@ class ModelStats(BaseModel):
 class CacheStats(BaseModel):
     """What the cache holds and what it saved, across every process using it.
 
-    ``hits`` and ``misses`` count (query, document) pairs looked up; ``documents_sent``
-    counts documents in successful API requests; ``duplicate_sends`` counts scores fetched
+    ``hits`` and ``misses`` count (query, document) pairs looked up by applications
+    (``rerank``, ``arerank``, ``score_texts``); warming is counted apart, in ``warm``.
+    ``api_requests``, ``documents_sent`` and ``tokens_billed`` count every successful API
+    request, warming's included (it is on the bill); ``duplicate_sends`` counts scores fetched
     that another process had stored in the meantime; ``store_errors`` counts storage
     operations that failed open; ``stale_served`` counts scores past their ttl served
     because DashScope failed (``on_error="stale"``).
@@ -89,6 +122,7 @@ class CacheStats(BaseModel):
     oldest_entry: datetime | None
     newest_entry: datetime | None
     models: dict[str, ModelStats]
+    warm: WarmStats = WarmStats()
 
 
 class CheckReport(BaseModel):
@@ -123,7 +157,10 @@ def build_stats(
         c = counters.get(model, Counter())
         models[model] = ModelStats(
             entries=max(0, entries.get(model, 0)),
-            **{name: c[name] for name in ModelStats.model_fields if name != "entries"},
+            warm=WarmStats.from_counters(c),
+            **{
+                name: c[name] for name in ModelStats.model_fields if name not in ("entries", "warm")
+            },
         )
     total: Counter[str] = Counter()
     for c in counters.values():
@@ -147,4 +184,5 @@ def build_stats(
         oldest_entry=oldest,
         newest_entry=newest,
         models=models,
+        warm=WarmStats.from_counters(total),
     )
