@@ -20,6 +20,7 @@ Changing anything here changes every key: bump :data:`KEY_VERSION` so old entrie
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 import xxhash
 
@@ -82,6 +83,12 @@ class KeyBuilder:
     def key(self, text: str) -> str:
         """Return the store key of ``text``'s score."""
         return self.key_for_hash(doc_hash(text))
+
+    def keys(self, texts: Iterable[str]) -> list[str]:
+        """Return the store keys of ``texts``' scores, in order (one pass, for the hit path)."""
+        head, prefix, hexdigest = self._head, self._prefix, xxhash.xxh3_128_hexdigest
+        digest = xxhash.xxh3_128_digest
+        return [head + hexdigest(prefix + digest(text.encode())) for text in texts]
 
     def key_for_hash(self, digest: bytes) -> str:
         """Return the store key for a document already hashed with :func:`doc_hash`."""

@@ -18,11 +18,12 @@ character as a token) so a planned request never exceeds the real budget.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -214,12 +215,9 @@ def _trimmed(text: str, max_tokens: int) -> str:
     return trim_to_tokens(text, max_tokens)
 
 
-@dataclass(slots=True)
-class Candidate(Generic[D]):
-    """One document that takes part in a rerank, with the exact text that scores it."""
-
-    doc: D
-    text: str
+#: One document that takes part in a rerank and the exact text that scores it: ``(doc,
+#: text)``. A plain tuple: a rerank builds one per candidate on the hit path.
+Candidate: TypeAlias = tuple[D, str]
 
 
 @dataclass(frozen=True)
@@ -278,17 +276,24 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
     texts: dict[str, None] = {}
     ids: set[Any] = set()
     seen = 0
+    append, add = candidates.append, ids.add
+    # An ASCII text this short needs nothing of prepare_text but the strip (no encoding to
+    # repair, nothing to trim): the usual case, done inline.
+    short = min(limits.max_item_tokens, limits.max_item_chars)
     for doc in iter_docs(query_results):
         seen += 1
         doc_id = doc.id
         if doc_id in ids:
             continue
-        text = prepare_text(doc.field(rerank_field), limits)
-        if text is None:
-            continue
-        ids.add(doc_id)
-        candidates.append(Candidate(doc, text))
-        texts.setdefault(text)
+        value = doc.field(rerank_field)
+        text = value.strip() if type(value) is str else None
+        if not text or len(text) > short or not text.isascii():
+            text = prepare_text(value, limits)
+            if text is None:
+                continue
+        add(doc_id)
+        append((doc, text))
+        texts[text] = None
     return Collected(tuple(candidates), tuple(texts), seen)
 
 
@@ -346,8 +351,20 @@ def assemble(
 ) -> list[D]:
     """Return up to ``topn`` documents with their rerank score, best first. Pure.
 
-    Ties keep input order (the sort is stable). Each document is rebuilt with
+    Ties keep input order (both ``sorted(reverse=True)`` and ``heapq.nlargest``, used when
+    ``topn`` is small against the candidates, are stable). Each document is rebuilt with
     ``doc._replace(score=...)`` so callers get their own document type back.
     """
-    ranked = sorted(candidates, key=lambda c: -scores[c.text])
-    return [c.doc._replace(score=scores[c.text]) for c in ranked[:topn]]  # type: ignore[attr-defined]
+
+    def score_of(candidate: Candidate[D]) -> float:
+        return scores[candidate[1]]
+
+    if topn > 0 and topn * _NLARGEST_RATIO <= len(candidates):
+        ranked = heapq.nlargest(topn, candidates, key=score_of)
+    else:
+        ranked = sorted(candidates, key=score_of, reverse=True)[:topn]
+    return [doc._replace(score=scores[text]) for doc, text in ranked]  # type: ignore[attr-defined]
+
+
+# heapq.nlargest beats a full sort once the candidates outnumber topn about this many times.
+_NLARGEST_RATIO = 8

@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +62,7 @@ from redis.retry import Retry
 from ..errors import CacheError, ConfigurationError
 from ..keys import HASH_DIGITS, key_head
 from .base import REDIS_SCHEMES, TTL_UNSET, StoreBase
+from .memory import DEFAULT_MEMORY_ENTRIES
 from .redis_check import check_namespace, scan_batches
 from .redis_format import (
     DEFAULT_NAMESPACE,
@@ -109,6 +110,11 @@ class RedisScoreCache(StoreBase):
             also flushed with every write and on close).
         retry_interval: after a connection failure, seconds during which Redis is not tried
             (reads miss, writes are skipped, both counted) before it is tried again.
+        memory_entries: scores this process keeps in memory in front of Redis (recently
+            read or written, each until it expires); 0 turns the memory tier off. Default
+            :data:`~rerank_cache.stores.memory.DEFAULT_MEMORY_ENTRIES` (50,000: about 12 MB). A
+            ``clear`` in any process is seen by the others on their next call: every call
+            reads a generation key, in the same round trip as the ``MGET``.
 
     Example:
         >>> cache = RedisScoreCache("redis://:s3cret@localhost:6379/0", namespace="search")
@@ -128,8 +134,11 @@ class RedisScoreCache(StoreBase):
         timeout: float = 0.5,
         stats_flush_interval: float = 1.0,
         retry_interval: float = 5.0,
+        memory_entries: int = DEFAULT_MEMORY_ENTRIES,
     ) -> None:
-        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval)
+        super().__init__(
+            ttl=ttl, stats_flush_interval=stats_flush_interval, memory_entries=memory_entries
+        )
         self._ttl_ms = None if self._ttl is None else max(1, math.ceil(self._ttl * 1000))
         if not timeout > 0 or not math.isfinite(timeout):
             raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
@@ -178,6 +187,7 @@ class RedisScoreCache(StoreBase):
         self._score_prefix = f"{namespace}:s:"
         self._counters_key = f"{namespace}:counters"
         self._entries_key = f"{namespace}:entries"
+        self._generation_key = f"{namespace}:generation"
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
         self._last_prune = 0.0
@@ -274,6 +284,30 @@ class RedisScoreCache(StoreBase):
             if value is not None:
                 found[key] = value
         return found
+
+    def _read_entries(
+        self, keys: list[str]
+    ) -> tuple[Hashable, dict[str, tuple[float, float | None]]]:
+        # One round trip, commands in order: the generation before the scores, then each
+        # score's remaining time to live (PTTL: -1 none, -2 gone meanwhile).
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._generation_key)
+        names = [self._score_key(key) for key in keys]
+        if names:
+            pipe.mget(names)
+            for name in names:
+                pipe.pttl(name)
+        now = time.time()
+        replies = pipe.execute()
+        generation = replies[0]
+        if not names:
+            return generation, {}
+        found: dict[str, tuple[float, float | None]] = {}
+        for key, raw, ttl_ms in zip(keys, replies[1], replies[2:], strict=True):
+            value = parse_score(raw)
+            if value is not None and ttl_ms != -2:
+                found[key] = (value, None if ttl_ms == -1 else now + ttl_ms / 1000)
+        return generation, found
 
     def _write_scores(
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
@@ -394,8 +428,12 @@ class RedisScoreCache(StoreBase):
                 ]
                 if fields:
                     self._client.hdel(self._entries_key, *fields)
+            # After the deletes: a process that reads the new generation reads no old score.
+            self._client.incr(self._generation_key)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+        finally:
+            self._cleared()
         return deleted
 
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:

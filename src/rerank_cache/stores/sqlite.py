@@ -14,7 +14,6 @@ writes (``_SAFE_ROW``: a raw key and an inline float); keys are parsed only with
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -34,6 +33,7 @@ __all__ = [
     "delete_scores",
     "delete_unsafe",
     "entries",
+    "get_entries",
     "get_scores",
     "integrity_check",
     "live_keys",
@@ -56,6 +56,11 @@ CREATE_COUNTERS_TABLE = (
 _LIVE = "(expire_time IS NULL OR expire_time > ?)"
 _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real'"
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
+# The sizes a read's "IN (...)" is padded to (the largest is also its chunk size).
+_IN_SIZES = (16, 64, 128, 256, 1024)
+_IN_LISTS = {n: ",".join("?" * n) for n in _IN_SIZES}
+# SQLite stores inf as a real too (NaN becomes NULL): only finite values are scores.
+_FINITE = "abs(value) <= 1.7976931348623157e308"
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
 _MODEL = f"substr(key, {len(KEY_PREFIX) + 1}, length(key) - {len(KEY_PREFIX) + 1 + HASH_DIGITS})"
 # Bind KEY_PREFIX to the "?": only current-format keys have a model.
@@ -100,17 +105,48 @@ def set_busy_timeout(con: sqlite3.Connection, seconds: float) -> None:
 # -- scores ----------------------------------------------------------------------------------
 
 
+def _padded(keys: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """``keys`` in chunks, each padded to one of :data:`_IN_SIZES` with its last key, with
+    the ``IN (...)`` list for that size.
+
+    Padding keeps the number of distinct statements to a handful, so sqlite3's statement
+    cache keeps every one of them prepared however the candidate counts vary (a duplicate
+    in an ``IN`` list changes nothing).
+    """
+    for start in range(0, len(keys), _IN_SIZES[-1]):
+        chunk = keys[start : start + _IN_SIZES[-1]]
+        size = next(n for n in _IN_SIZES if n >= len(chunk))
+        if size > len(chunk):
+            chunk = chunk + [chunk[-1]] * (size - len(chunk))
+        yield _IN_LISTS[size], chunk
+
+
 def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
-    """Live, safe scores of ``keys``, in one ``SELECT ... IN`` per 500 keys."""
+    """Live, safe, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
     found: dict[str, float] = {}
-    for chunk in _chunks(keys):
-        marks = ",".join("?" * len(chunk))
-        for key, value in con.execute(
-            f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} AND {_LIVE}",
+    for marks, chunk in _padded(keys):
+        found.update(
+            con.execute(
+                f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} AND "
+                f"{_FINITE} AND {_LIVE}",
+                (*chunk, now),
+            )
+        )
+    return found
+
+
+def get_entries(
+    con: sqlite3.Connection, keys: list[str], now: float
+) -> dict[str, tuple[float, float | None]]:
+    """:func:`get_scores` with each score's expiry time (None: never), for the memory tier."""
+    found: dict[str, tuple[float, float | None]] = {}
+    for marks, chunk in _padded(keys):
+        for key, value, expires in con.execute(
+            f"SELECT key, value, expire_time FROM Cache WHERE key IN ({marks})"
+            f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}",
             (*chunk, now),
         ):
-            if math.isfinite(value):  # SQLite stores inf as a real too
-                found[key] = value
+            found[key] = (value, expires)
     return found
 
 
