@@ -79,7 +79,7 @@ def test_threads_on_one_store_read_what_was_written(tmp_path: Path) -> None:
 
         def work(i: int) -> None:
             for round_ in range(20):
-                scores = {f"1:m:{i:02d}{round_:02d}{j:028d}": j / 7 for j in range(10)}
+                scores = {f"2:m:{i:02d}{round_:02d}{j:028d}": j / 7 for j in range(10)}
                 assert store.put_many(scores, model="m")
                 assert store.get_many(list(scores)) == scores
 

@@ -1,18 +1,19 @@
 """Cache keys: pure, versioned derivation of the key one (query, document) score is stored under.
 
 Everything that changes a score is in the key: the model, the ``instruct`` text (or its
-absence), the exact query text and the exact document text sent. The document enters as its
-own 128-bit xxhash, so the store holds no plaintext query or document::
+absence), the exact query text and the exact document text sent, hashed together with one
+128-bit xxhash, so the store holds no plaintext query or document::
 
-    doc_hash = xxh3_128(utf8(document))
-    key      = xxh3_128(b"rerank-cache/v1" + field(model) + field(instruct) + field(query)
-                        + doc_hash)
+    key      = xxh3_128(b"rerank-cache/v2" + field(model) + field(instruct) + field(query)
+                        + utf8(document))
     field(s) = 8-byte big-endian length + utf8(s)
     instruct: None is the single byte 0xFF; a string is 0x00 + field(instruct)
 
 The length prefixes make the encoding unambiguous: moving text from one field to another
-always changes the bytes hashed. The stored key string is ``"1:<model>:<32 hex digits>"``;
-the model stays readable so stats and ``clear(model=...)`` can group by it.
+always changes the bytes hashed, and the document, last, is whatever follows the query.
+One hash per document (version 1 hashed the document first, then that digest with the
+rest). The stored key string is ``"2:<model>:<32 hex digits>"``; the model stays readable
+so stats and ``clear(model=...)`` can group by it.
 
 Changing anything here changes every key: bump :data:`KEY_VERSION` so old entries simply miss.
 """
@@ -29,7 +30,6 @@ __all__ = [
     "KEY_PREFIX",
     "KEY_VERSION",
     "KeyBuilder",
-    "doc_hash",
     "key_head",
     "key_range",
     "model_of",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The key-format version, part of every key.
-KEY_VERSION = 1
+KEY_VERSION = 2
 #: What every current-format key starts with: the version and ``":"``.
 KEY_PREFIX = f"{KEY_VERSION}:"
 #: Hex digits of the hash that ends every key (after the model and a ``":"``).
@@ -51,11 +51,6 @@ _LEN = struct.Struct(">Q")
 def _field(value: str) -> bytes:
     data = value.encode("utf-8")
     return _LEN.pack(len(data)) + data
-
-
-def doc_hash(text: str) -> bytes:
-    """Return the 16-byte xxh3-128 digest of a document text (UTF-8)."""
-    return xxhash.xxh3_128_digest(text.encode("utf-8"))
 
 
 class KeyBuilder:
@@ -82,17 +77,12 @@ class KeyBuilder:
 
     def key(self, text: str) -> str:
         """Return the store key of ``text``'s score."""
-        return self.key_for_hash(doc_hash(text))
+        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + text.encode())
 
     def keys(self, texts: Iterable[str]) -> list[str]:
         """Return the store keys of ``texts``' scores, in order (one pass, for the hit path)."""
         head, prefix, hexdigest = self._head, self._prefix, xxhash.xxh3_128_hexdigest
-        digest = xxhash.xxh3_128_digest
-        return [head + hexdigest(prefix + digest(text.encode())) for text in texts]
-
-    def key_for_hash(self, digest: bytes) -> str:
-        """Return the store key for a document already hashed with :func:`doc_hash`."""
-        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + digest)
+        return [head + hexdigest(prefix + text.encode()) for text in texts]
 
 
 def score_key(model: str, instruct: str | None, query: str, text: str) -> str:
@@ -105,7 +95,7 @@ def key_head(model: str) -> str:
 
     Example:
         >>> key_head("gte-rerank-v2")
-        '1:gte-rerank-v2:'
+        '2:gte-rerank-v2:'
     """
     return f"{KEY_PREFIX}{model}:"
 
@@ -118,7 +108,7 @@ def key_range(model: str | None = None) -> tuple[str, str]:
 
     Example:
         >>> key_range(), key_range("m")
-        (('1:', '1;'), ('1:m:', '1:m;'))
+        (('2:', '2;'), ('2:m:', '2:m;'))
     """
     low = KEY_PREFIX if model is None else key_head(model)
     return low, low[:-1] + ";"
