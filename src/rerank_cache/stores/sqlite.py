@@ -58,7 +58,6 @@ _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
 # The sizes a read's "IN (...)" is padded to (the largest is also its chunk size).
 _IN_SIZES = (16, 64, 128, 256, 1024)
-_IN_LISTS = {n: ",".join("?" * n) for n in _IN_SIZES}
 # SQLite stores inf as a real too (NaN becomes NULL): only finite values are scores.
 _FINITE = "abs(value) <= 1.7976931348623157e308"
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
@@ -105,33 +104,37 @@ def set_busy_timeout(con: sqlite3.Connection, seconds: float) -> None:
 # -- scores ----------------------------------------------------------------------------------
 
 
-def _padded(keys: list[str]) -> Iterator[tuple[str, list[str]]]:
-    """``keys`` in chunks, each padded to one of :data:`_IN_SIZES` with its last key, with
-    the ``IN (...)`` list for that size.
+def _padded(keys: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """``keys`` in chunks, each padded with its last key to one of :data:`_IN_SIZES`.
 
     Padding keeps the number of distinct statements to a handful, so sqlite3's statement
     cache keeps every one of them prepared however the candidate counts vary (a duplicate
     in an ``IN`` list changes nothing).
     """
-    for start in range(0, len(keys), _IN_SIZES[-1]):
-        chunk = keys[start : start + _IN_SIZES[-1]]
+    largest = _IN_SIZES[-1]
+    for start in range(0, len(keys), largest):
+        chunk = keys[start : start + largest]
         size = next(n for n in _IN_SIZES if n >= len(chunk))
-        if size > len(chunk):
-            chunk = chunk + [chunk[-1]] * (size - len(chunk))
-        yield _IN_LISTS[size], chunk
+        yield size, chunk + [chunk[-1]] * (size - len(chunk))
+
+
+_GET_SCORES = {
+    n: f"SELECT key, value FROM Cache WHERE key IN ({','.join('?' * n)})"
+    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    for n in _IN_SIZES
+}
+_GET_ENTRIES = {
+    n: f"SELECT key, value, expire_time FROM Cache WHERE key IN ({','.join('?' * n)})"
+    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    for n in _IN_SIZES
+}
 
 
 def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
     """Live, safe, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
     found: dict[str, float] = {}
-    for marks, chunk in _padded(keys):
-        found.update(
-            con.execute(
-                f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} AND "
-                f"{_FINITE} AND {_LIVE}",
-                (*chunk, now),
-            )
-        )
+    for size, chunk in _padded(keys):
+        found.update(con.execute(_GET_SCORES[size], (*chunk, now)).fetchall())
     return found
 
 
@@ -140,12 +143,8 @@ def get_entries(
 ) -> dict[str, tuple[float, float | None]]:
     """:func:`get_scores` with each score's expiry time (None: never), for the memory tier."""
     found: dict[str, tuple[float, float | None]] = {}
-    for marks, chunk in _padded(keys):
-        for key, value, expires in con.execute(
-            f"SELECT key, value, expire_time FROM Cache WHERE key IN ({marks})"
-            f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}",
-            (*chunk, now),
-        ):
+    for size, chunk in _padded(keys):
+        for key, value, expires in con.execute(_GET_ENTRIES[size], (*chunk, now)).fetchall():
             found[key] = (value, expires)
     return found
 
