@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "errors", "doc", "keys", "pricing", "wire_rules", "urls", "singleflight", "examples",
         "client.results", "client.sdk", "stores.stats", "stores.counters", "stores.safedisk",
+        "stores.memory",
         "testing.scoring", "testing.wire",
     ),
     # 1 pure decisions and contracts

@@ -93,8 +93,8 @@ def test_collect_dedupes_ids_and_texts() -> None:
         [Doc("a", fields={"t": "other"}), Doc("c", fields={"t": "alpha"}), None],
     ]
     got = collect(lists, "t", GTE)
-    assert [c.doc.id for c in got.candidates] == ["a", "b", "c"]
-    assert [c.text for c in got.candidates] == ["alpha", "beta", "alpha"]
+    assert [doc.id for doc, _ in got.candidates] == ["a", "b", "c"]
+    assert [text for _, text in got.candidates] == ["alpha", "beta", "alpha"]
     assert got.texts == ("alpha", "beta")
     assert got.seen == 4
 
@@ -103,7 +103,7 @@ def test_collect_skips_textless_but_later_copy_counts() -> None:
     """A copy of a document without the field does not hide a later copy that has it."""
     lists = {"v1": [Doc("a", fields={})], "v2": [Doc("a", fields={"t": "x"})]}
     got = collect(lists, "t", GTE)
-    assert [c.text for c in got.candidates] == ["x"]
+    assert [text for _, text in got.candidates] == ["x"]
 
 
 def test_collect_rejects_wrong_shapes() -> None:

@@ -47,6 +47,7 @@ from rerank_cache.testing import DashScopeServer, score
 
 from .helpers import (
     API_KEY,
+    QUERY,
     SRC,
     cached,
     log_lines,
@@ -1063,3 +1064,99 @@ def test_stale_read_of_a_dead_redis_fails_open(caplog: pytest.LogCaptureFixture)
     ):
         assert s.get_stale_many([key(1)]) == {}
         assert "stale read failed" in caplog.text
+
+
+# -- the memory tier (both stores) -----------------------------------------------------------
+
+
+def _delete_behind_its_back(kit: Kit, *store_keys: str) -> None:
+    """Delete scores as other software would: no clear, so no generation change."""
+    if isinstance(kit, DiskKit):
+        con = sqlite3.connect(kit.directory / "cache.db")
+        with con:
+            con.executemany("DELETE FROM Cache WHERE key = ?", [(k,) for k in store_keys])
+        con.close()
+    else:
+        with kit.server.client() as client:
+            client.delete(*(f"{kit.namespace}:s:{k}" for k in store_keys))
+
+
+def test_memory_tier_serves_recent_scores_and_counts_them_as_hits(
+    kit: Kit, make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """What a process read or wrote is served from memory; memory_entries=0 reads the store."""
+    with kit.make() as store, kit.make(memory_entries=0) as plain:
+        assert (store.memory_entries, plain.memory_entries) == (50_000, 0)  # type: ignore[attr-defined]
+        assert store.put_many({key(1): 0.5}, model=MODEL)
+        assert plain.get_many([key(1)]) == {key(1): 0.5}
+        _delete_behind_its_back(kit, key(1))
+        assert store.get_many([key(1)]) == {key(1): 0.5}
+        assert plain.get_many([key(1)]) == {}
+        reranker = cached(make_reranker, store)
+        docs = make_docs(5)
+        reranker.rerank([docs], 5)
+        _delete_behind_its_back(kit, *(reranker_key(d.fields["content"]) for d in docs))
+        reranker.rerank([docs], 5)
+        assert server.stats.requests == 1
+        stats = store.stats()
+    assert (stats.hits, stats.misses) == (5, 5)
+
+
+def reranker_key(text: str) -> str:
+    return score_key(MODEL, None, QUERY, text)
+
+
+def test_memory_tier_respects_each_scores_expiry(kit: Kit) -> None:
+    """A score leaves memory when it expires in the store, whoever wrote it and when."""
+    with kit.clock() as advance, kit.make(ttl=60) as writer:
+        assert writer.put_many({key(1): 0.5}, model=MODEL)
+        advance(30)
+        with kit.make(ttl=60) as reader:
+            assert reader.get_many([key(1)]) == {key(1): 0.5}  # now in its memory
+            assert writer.put_many({key(2): 0.25}, model=MODEL)
+            advance(29)
+            assert reader.get_many([key(1)]) == {key(1): 0.5}
+            assert writer.get_many([key(1), key(2)]) == {key(1): 0.5, key(2): 0.25}
+            advance(2)  # key(1) expired: 61 s old
+            assert reader.get_many([key(1)]) == {}
+            assert writer.get_many([key(1), key(2)]) == {key(2): 0.25}
+            advance(30)
+            assert writer.get_many([key(2)]) == {}
+
+
+@pytest.mark.parametrize("model", [None, "qwen3-rerank"])
+def test_memory_tier_honours_a_clear_from_another_process(kit: Kit, model: str | None) -> None:
+    """A clear (all, or one model) in a real second process is seen on the next call."""
+    mine, other = key(1), key(2, model="qwen3-rerank")
+    with kit.make() as store:
+        assert store.put_many({mine: 0.5}, model=MODEL)
+        assert store.put_many({other: 0.25}, model="qwen3-rerank")
+        assert store.get_many([mine, other]) == {mine: 0.5, other: 0.25}
+        args = ["clear", "--yes"] + ([] if model is None else ["--model", model])
+        env = {k: v for k, v in os.environ.items() if k != "RERANK_CACHE_URL"}
+        env["PYTHONPATH"] = SRC
+        proc = run_python("-m", "rerank_cache", *kit.cli_args(), *args, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        expected = {} if model is None else {mine: 0.5}
+        assert store.get_many([mine, other]) == expected
+        assert store.get_many([other]) == {}
+        # Reads under the new generation are kept in memory again.
+        assert store.put_many({other: 0.75}, model="qwen3-rerank")
+        _delete_behind_its_back(kit, other)
+        assert store.get_many([other]) == {other: 0.75}
+
+
+def test_memory_tier_is_bounded(kit: Kit) -> None:
+    """memory_entries bounds what is kept: the most recently read or written stay."""
+    with kit.make(memory_entries=3) as store:
+        keys = [key(i) for i in range(10)]
+        assert store.put_many({k: i / 10 for i, k in enumerate(keys)}, model=MODEL)
+        _delete_behind_its_back(kit, *keys)
+        assert store.get_many(keys) == {k: i / 10 for i, k in enumerate(keys) if i >= 7}
+
+
+def test_memory_entries_is_validated(kit: Kit) -> None:
+    """memory_entries is a count: 0 turns the tier off, negatives and non-integers fail."""
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="memory_entries"):
+            kit.make(memory_entries=bad)

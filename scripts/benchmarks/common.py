@@ -26,7 +26,7 @@ from rerank_cache import QwenReRanker, ScoreCache
 # Not public: the library's internals the benchmarks measure or reuse (see the docstring).
 from rerank_cache.client.core import DEFAULT_MAX_CONCURRENCY
 from rerank_cache.examples import load_corpus
-from rerank_cache.keys import KeyBuilder, doc_hash
+from rerank_cache.keys import KeyBuilder
 from rerank_cache.planning import assemble
 from rerank_cache.testing import DashScopeServer, ServerStats, count_tokens
 
@@ -50,7 +50,6 @@ __all__ = [
     "assemble",
     "child_env",
     "count_tokens",
-    "doc_hash",
     "load_corpus",
     "local_server",
     "log",

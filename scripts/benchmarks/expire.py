@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import SEED, Context, KeyBuilder, Row, doc_hash, log, ms
+from benchmarks.common import SEED, Context, KeyBuilder, Row, log, ms
 from rerank_cache import ScoreCache
 
 _MODEL = "gte-rerank-v2"
@@ -32,9 +32,7 @@ def _fill(cache: ScoreCache, entries: int, tag: str) -> None:
     chunk = 50_000
     for start in range(0, entries, chunk):
         scores = {
-            KeyBuilder(_MODEL, None, f"{tag} {i // 50}").key_for_hash(doc_hash(f"doc {i}")): (
-                rng.random()
-            )
+            KeyBuilder(_MODEL, None, f"{tag} {i // 50}").key(f"doc {i}"): (rng.random())
             for i in range(start, min(start + chunk, entries))
         }
         cache.put_many(scores, model=_MODEL)
@@ -65,8 +63,7 @@ def _longest_wait(directory: Path, delete: Callable[[], int]) -> tuple[float, fl
             n = 0
             while not done.is_set():
                 scores = {
-                    KeyBuilder(_MODEL, None, "writer").key_for_hash(doc_hash(f"w{n}-{i}")): 0.5
-                    for i in range(50)
+                    KeyBuilder(_MODEL, None, "writer").key(f"w{n}-{i}"): 0.5 for i in range(50)
                 }
                 n += 1
                 started = time.perf_counter()

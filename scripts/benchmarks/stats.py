@@ -21,7 +21,6 @@ from benchmarks.common import (
     KeyBuilder,
     Row,
     child_env,
-    doc_hash,
     log,
 )
 from rerank_cache import ScoreCache, read_stats
@@ -46,7 +45,7 @@ def build_big_cache(directory: Path, entries: int) -> float | None:
             for i in range(start, min(start + chunk, entries)):
                 query = i // 50
                 model = models[query % len(models)]
-                key = KeyBuilder(model, None, f"query {query}").key_for_hash(doc_hash(f"doc {i}"))
+                key = KeyBuilder(model, None, f"query {query}").key(f"doc {i}")
                 by_model.setdefault(model, {})[key] = rng.random()
             for model, scores in by_model.items():
                 cache.put_many(

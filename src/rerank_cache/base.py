@@ -228,7 +228,7 @@ class RerankMethods(_ZvecRerankFunction):
             min(limit, len(collected.candidates)),
         )
         self._count_fallback()
-        return [candidate.doc for candidate in collected.candidates[:limit]]
+        return [doc for doc, _ in collected.candidates[:limit]]
 
 
 #: The zvec module that defines ``RerankFunction`` (an ABC, alias ``zvec.extension.ReRanker``).

@@ -151,16 +151,16 @@ class CachedReRanker(RerankMethods):
         """
         cache = self._cache
         model = self._reranker.model
-        builder = KeyBuilder(
+        keys = KeyBuilder(
             model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
-        )
-        key_of = {text: builder.key(text) for text in texts}
-        found = cache.get_many(key_of.values())
-        scores, pending = _split(key_of, found)
+        ).keys(texts)
+        found = cache.get_many(keys)
+        scores, pending = _split(texts, keys, found)
         # Counted before fetching, so the fetch's write transaction publishes the counts.
         cache.record_lookup(model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
         if pending:
+            key_of = dict(zip(texts, keys, strict=True))
             try:
                 self._fetch(pending, key_of, scores, sent, on_batch)
             except DashScopeError as exc:
@@ -183,15 +183,15 @@ class CachedReRanker(RerankMethods):
         """
         cache = self._cache
         model = self._reranker.model
-        builder = KeyBuilder(
+        keys = KeyBuilder(
             model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
-        )
-        key_of = {text: builder.key(text) for text in texts}
-        found = await asyncio.to_thread(cache.get_many, key_of.values())
-        scores, pending = _split(key_of, found)
+        ).keys(texts)
+        found = await asyncio.to_thread(cache.get_many, keys)
+        scores, pending = _split(texts, keys, found)
         await asyncio.to_thread(cache.record_lookup, model, hits=len(scores), misses=len(pending))
         sent: list[BatchResult] = []
         if pending:
+            key_of = dict(zip(texts, keys, strict=True))
             try:
                 await self._afetch(pending, key_of, scores, sent, on_batch)
             except DashScopeError as exc:
@@ -396,13 +396,14 @@ def _flights_for(cache: ScoreStore) -> SingleFlight:
 
 
 def _split(
-    key_of: dict[str, str], found: dict[str, float]
+    texts: Sequence[str], keys: list[str], found: dict[str, float]
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Split texts into cached scores (text -> score) and misses (key -> text). Pure."""
     scores: dict[str, float] = {}
     pending: dict[str, str] = {}
-    for text, key in key_of.items():
-        value = found.get(key)
+    get = found.get
+    for text, key in zip(texts, keys, strict=True):
+        value = get(key)
         if value is None:
             pending[key] = text
         else:

@@ -2,27 +2,34 @@
 
 Everything that changes a score is in the key: who scored it (:func:`scorer_id` of the
 endpoint), the model, the ``instruct`` text (or its absence), the exact query text and the
-exact document text sent. The document enters as its own 128-bit xxhash, so the store holds
-no plaintext query or document::
+exact document text sent, hashed with xxhash, so the store holds no plaintext query or
+document::
 
-    doc_hash = xxh3_128(utf8(document))
-    key      = xxh3_128(b"rerank-cache/v2" + field(scorer) + field(model) + field(instruct)
-                        + field(query) + doc_hash)
+    prefix   = b"rerank-cache/v2" + field(scorer) + field(model) + field(instruct)
+               + field(query)
+    digest   = hex(xxh3_64(prefix))[:8] + hex(xxh3_128(prefix + utf8(document)))[:24]
     field(s) = 8-byte big-endian length + utf8(s)
     instruct: None is the single byte 0xFF; a string is 0x00 + field(instruct)
 
 The length prefixes make the encoding unambiguous: moving text from one field to another
-always changes the bytes hashed. The stored key string is ``"2:<model>:<32 hex digits>"``;
-the model stays readable so stats and ``clear(model=...)`` can group by it.
+always changes the bytes hashed, and the document, last, is whatever follows the query. One
+hash per document (version 1 hashed the document first, then that digest with the rest).
+The stored key string is ``"2:<model>:<32 hex digits>"``; the model stays readable so stats
+and ``clear(model=...)`` can group by it. The first :data:`QUERY_TAG_DIGITS` hex digits
+depend only on (scorer, model, instruct, query), so every key of one call shares them:
+:func:`query_tag` reads them back, and the Redis Cluster store uses them as a hash tag that
+puts one call's keys in one slot. Two keys of one query collide with odds 2**-96, keys of
+different queries 2**-128.
 
 Changing anything here changes every key: bump :data:`KEY_VERSION` so old entries simply miss.
-Version 2 added the scorer: a score from a test, staging or self-hosted endpoint is never
-served for DashScope, nor the other way round.
+Version 2 added the scorer (a score from a test, staging or self-hosted endpoint is never
+served for DashScope, nor the other way round), one hash per document and the query tag.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import xxhash
@@ -33,11 +40,12 @@ __all__ = [
     "HASH_DIGITS",
     "KEY_PREFIX",
     "KEY_VERSION",
+    "QUERY_TAG_DIGITS",
     "KeyBuilder",
-    "doc_hash",
     "key_head",
     "key_range",
     "model_of",
+    "query_tag",
     "score_key",
     "scorer_id",
 ]
@@ -48,6 +56,9 @@ KEY_VERSION = 2
 KEY_PREFIX = f"{KEY_VERSION}:"
 #: Hex digits of the hash that ends every key (after the model and a ``":"``).
 HASH_DIGITS = 32
+#: The first hex digits of that hash, shared by every key of one query (see :func:`query_tag`).
+QUERY_TAG_DIGITS = 8
+_PAIR_DIGITS = HASH_DIGITS - QUERY_TAG_DIGITS
 
 _DOMAIN = b"rerank-cache/v%d" % KEY_VERSION
 _NO_INSTRUCT = b"\xff"
@@ -101,11 +112,6 @@ def scorer_id(base_url: str) -> str:
     return "url:" + xxhash.xxh3_64_hexdigest(normal.encode("utf-8", "surrogatepass"))
 
 
-def doc_hash(text: str) -> bytes:
-    """Return the 16-byte xxh3-128 digest of a document text (UTF-8)."""
-    return xxhash.xxh3_128_digest(text.encode("utf-8"))
-
-
 class KeyBuilder:
     """Derives keys for one (model, instruct, query); the shared prefix is encoded once.
 
@@ -129,15 +135,17 @@ class KeyBuilder:
             + (_NO_INSTRUCT if instruct is None else b"\x00" + _field(instruct))
             + _field(query)
         )
-        self._head = key_head(model)
+        # The query tag: shared by every key of this (scorer, model, instruct, query).
+        self._head = key_head(model) + xxhash.xxh3_64_hexdigest(self._prefix)[:QUERY_TAG_DIGITS]
 
     def key(self, text: str) -> str:
         """Return the store key of ``text``'s score."""
-        return self.key_for_hash(doc_hash(text))
+        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + text.encode())[:_PAIR_DIGITS]
 
-    def key_for_hash(self, digest: bytes) -> str:
-        """Return the store key for a document already hashed with :func:`doc_hash`."""
-        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + digest)
+    def keys(self, texts: Iterable[str]) -> list[str]:
+        """Return the store keys of ``texts``' scores, in order (one pass, for the hit path)."""
+        head, prefix, hexdigest = self._head, self._prefix, xxhash.xxh3_128_hexdigest
+        return [head + hexdigest(prefix + text.encode())[:_PAIR_DIGITS] for text in texts]
 
 
 def score_key(
@@ -180,3 +188,21 @@ def model_of(key: str) -> str | None:
     if len(rest) < HASH_DIGITS + 2 or rest[-HASH_DIGITS - 1] != ":":
         return None
     return rest[: -HASH_DIGITS - 1]
+
+
+def query_tag(key: str) -> str | None:
+    """Return the part of a key shared by every key of its (scorer, model, instruct, query).
+
+    None for a key not in the current format. Keys of one call share the tag; keys of
+    different queries almost always differ in it.
+
+    Example:
+        >>> a = score_key("m", None, "q", "first document")
+        >>> b = score_key("m", None, "q", "second document")
+        >>> query_tag(a) == query_tag(b) != query_tag(score_key("m", None, "other", "x"))
+        True
+    """
+    if model_of(key) is None:
+        return None
+    start = len(key) - HASH_DIGITS
+    return key[start : start + QUERY_TAG_DIGITS]

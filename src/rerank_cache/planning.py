@@ -18,11 +18,12 @@ character as a token) so a planned request never exceeds the real budget.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from .doc import read_doc
 from .errors import ConfigurationError
@@ -217,12 +218,9 @@ def _trimmed(text: str, max_tokens: int) -> str:
     return trim_to_tokens(text, max_tokens)
 
 
-@dataclass(slots=True)
-class Candidate(Generic[D]):
-    """One document that takes part in a rerank, with the exact text that scores it."""
-
-    doc: D
-    text: str
+#: One document that takes part in a rerank and the exact text that scores it: ``(doc,
+#: text)``. A plain tuple: a rerank builds one per candidate on the hit path.
+Candidate: TypeAlias = tuple[D, str]
 
 
 @dataclass(frozen=True)
@@ -248,12 +246,12 @@ def iter_docs(query_results: Any) -> Iterable[Any]:
     Raises:
         TypeError: for any other shape.
     """
-    for _, doc in _placed_docs(query_results):
+    for _, _, doc in _placed_docs(query_results):
         yield doc
 
 
-def _placed_docs(query_results: Any) -> Iterator[tuple[str, Any]]:
-    """:func:`iter_docs`, each document with its place (``query_results['a'][2]``)."""
+def _placed_docs(query_results: Any) -> Iterator[tuple[Any, int, Any]]:
+    """:func:`iter_docs`, each document with its list and index (see :func:`_place`)."""
     if isinstance(query_results, Mapping):
         lists: Iterable[tuple[Any, Any]] = query_results.items()
     elif isinstance(query_results, (list, tuple)):
@@ -273,7 +271,23 @@ def _placed_docs(query_results: Any) -> Iterator[tuple[str, Any]]:
             )
         for index, doc in enumerate(docs):
             if doc is not None:
-                yield f"query_results[{position!r}][{index}]", doc
+                yield position, index, doc
+
+
+def _place(position: Any, index: int) -> str:
+    """Where a document sits in the input, as the caller would index it."""
+    return f"query_results[{position!r}][{index}]"
+
+
+def _unusable(doc: Any, rerank_field: str, where: str, exc: Exception) -> ConfigurationError:
+    """The error for a document that failed on the fast path, as precise as can be said."""
+    try:
+        read_doc(doc, rerank_field, where)  # raises the precise error, if it is one of those
+    except ConfigurationError as precise:
+        return precise
+    return ConfigurationError(
+        f"{where}: its id or field {rerank_field!r} could not be used ({type(exc).__name__})"
+    )
 
 
 def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Collected[Any]:
@@ -293,23 +307,27 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
     texts: dict[str, None] = {}
     ids: set[Any] = set()
     seen = 0
-    for where, doc in _placed_docs(query_results):
+    append, add = candidates.append, ids.add
+    # An ASCII text this short needs nothing of prepare_text but the strip (no encoding to
+    # repair, nothing to trim): the usual case, done inline.
+    short = min(limits.max_item_tokens, limits.max_item_chars)
+    for position, index, doc in _placed_docs(query_results):
         seen += 1
-        doc_id, value = read_doc(doc, rerank_field, where)
         try:
+            doc_id = doc.id
             if doc_id in ids:
                 continue
-            text = prepare_text(value, limits)
-        except Exception as exc:  # the caller's id or field object misbehaved
-            raise ConfigurationError(
-                f"{where}: its id or field {rerank_field!r} could not be used "
-                f"({type(exc).__name__})"
-            ) from exc
-        if text is None:
-            continue
-        ids.add(doc_id)
-        candidates.append(Candidate(doc, text))
-        texts.setdefault(text)
+            value = doc.field(rerank_field)
+            text = value.strip() if type(value) is str else None
+            if not text or len(text) > short or not text.isascii():
+                text = prepare_text(value, limits)
+                if text is None:
+                    continue
+            add(doc_id)  # `set() in ids` works (as a frozenset); only adding finds it unhashable
+        except Exception as exc:  # the caller's object misbehaved: say which and how
+            raise _unusable(doc, rerank_field, _place(position, index), exc) from exc
+        append((doc, text))
+        texts[text] = None
     return Collected(tuple(candidates), tuple(texts), seen)
 
 
@@ -367,8 +385,20 @@ def assemble(
 ) -> list[D]:
     """Return up to ``topn`` documents with their rerank score, best first. Pure.
 
-    Ties keep input order (the sort is stable). Each document is rebuilt with
+    Ties keep input order (both ``sorted(reverse=True)`` and ``heapq.nlargest``, used when
+    ``topn`` is small against the candidates, are stable). Each document is rebuilt with
     ``doc._replace(score=...)`` so callers get their own document type back.
     """
-    ranked = sorted(candidates, key=lambda c: -scores[c.text])
-    return [c.doc._replace(score=scores[c.text]) for c in ranked[:topn]]  # type: ignore[attr-defined]
+
+    def score_of(candidate: Candidate[D]) -> float:
+        return scores[candidate[1]]
+
+    if topn > 0 and topn * _NLARGEST_RATIO <= len(candidates):
+        ranked = heapq.nlargest(topn, candidates, key=score_of)
+    else:
+        ranked = sorted(candidates, key=score_of, reverse=True)[:topn]
+    return [doc._replace(score=scores[text]) for doc, text in ranked]  # type: ignore[attr-defined]
+
+
+# heapq.nlargest beats a full sort once the candidates outnumber topn about this many times.
+_NLARGEST_RATIO = 8

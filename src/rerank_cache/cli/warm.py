@@ -61,7 +61,10 @@ def _warm_store(target: Target, args: argparse.Namespace) -> Iterator[ScoreStore
     pairs, so the lookups go to an empty cache in a throwaway directory instead of creating
     one where the user pointed.
     """
-    kwargs: dict[str, Any] = {} if args.ttl is None else {"ttl": args.ttl}
+    # No memory tier: a warm run reads each pair once, so memory would only add to its RSS.
+    kwargs: dict[str, Any] = {"memory_entries": 0}
+    if args.ttl is not None:
+        kwargs["ttl"] = args.ttl
     if args.dry_run and isinstance(target, Path) and not (target / "cache.db").exists():
         with (
             tempfile.TemporaryDirectory(prefix="rerank-cache-dry-run-") as scratch,

@@ -22,13 +22,15 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from .counters import PendingCounters
+from .memory import MemoryTier
 from .stats import CacheStats, CheckReport
 
 __all__ = [
@@ -291,6 +293,7 @@ class StoreBase:
         ttl: float | timedelta | None,
         stats_flush_interval: float,
         stale_ttl: float | timedelta | None = None,
+        memory_entries: int = 0,
     ) -> None:
         self._ttl = ttl_seconds(DEFAULT_TTL if ttl is TTL_UNSET else ttl)
         self._stale_ttl = ttl_seconds(stale_ttl, name="stale_ttl")
@@ -299,6 +302,11 @@ class StoreBase:
         # Held by a flush and by close(), so the flusher never writes through a closed store.
         self._flush_lock = threading.RLock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        if isinstance(memory_entries, bool) or not isinstance(memory_entries, int):
+            raise ValueError(f"memory_entries must be an integer, got {memory_entries!r}")
+        if memory_entries < 0:
+            raise ValueError(f"memory_entries must be 0 (off) or more, got {memory_entries!r}")
+        self._memory = MemoryTier(memory_entries) if memory_entries else None
 
     def _opened(self) -> None:
         """Register the store with the background flush, and flush its counters when the
@@ -320,6 +328,11 @@ class StoreBase:
         """Seconds an expired score is kept for ``on_error="stale"``, or None (not kept)."""
         return self._stale_ttl
 
+    @property
+    def memory_entries(self) -> int:
+        """How many scores the memory tier keeps (0: no memory tier)."""
+        return 0 if self._memory is None else self._memory.limit
+
     # -- hooks ---------------------------------------------------------------------------
 
     @property
@@ -334,6 +347,18 @@ class StoreBase:
     def _read_stale_scores(self, keys: list[str]) -> dict[str, float]:
         """Look up ``keys`` (at least one; ``stale_ttl`` is set), live or within the stale
         window, in one batch; raise one of ``_failures`` if it fails."""
+        raise NotImplementedError
+
+    def _read_entries(
+        self, keys: list[str]
+    ) -> tuple[Hashable, dict[str, tuple[float, float | None]]]:
+        """The store's generation, then ``keys``' scores with their expiry time (or None).
+
+        For the memory tier. ``keys`` may be empty (then only the generation is read). The
+        generation is read *before* the scores, and changes whenever any process clears
+        scores; it must cost about a ``stat``, not a query. Raise one of ``_failures`` if
+        it fails.
+        """
         raise NotImplementedError
 
     def _write_scores(
@@ -391,14 +416,17 @@ class StoreBase:
 
         Never raises for storage trouble: it is logged, counted, and reads as misses.
         """
-        wanted = list(keys)
+        wanted = keys if isinstance(keys, list) else list(keys)
         if not wanted:
             return {}
         if self._is_down():
             self._skip("read")
             return {}
         try:
-            found = self._read_scores(wanted)
+            if self._memory is None:
+                found = self._read_scores(wanted)
+            else:
+                found = self._read_through(self._memory, wanted)
         except self._failures as exc:
             self._store_error("read", exc)
             return {}
@@ -424,6 +452,23 @@ class StoreBase:
             self._store_error("stale read", exc)
             return {}
         self._reachable()
+        return found
+
+    def _read_through(self, memory: MemoryTier, wanted: list[str]) -> dict[str, float]:
+        """Scores from memory, the rest from the store (kept in memory for next time).
+
+        Memory is trusted only once the store's generation is confirmed unchanged: when a
+        clear happened anywhere, what memory held is forgotten and read again.
+        """
+        found, missing = memory.lookup(wanted, time.time())
+        generation, read = self._read_entries(missing)
+        if memory.observe(generation) and found:
+            found = {}
+            generation, read = self._read_entries(wanted)
+            memory.observe(generation)
+        memory.store(read, generation)
+        for key, (value, _) in read.items():
+            found[key] = value
         return found
 
     def put_many(
@@ -456,6 +501,10 @@ class StoreBase:
         pending = self._pending.take()
         counters: dict[str, Counter[str]] = {m: Counter(c) for m, c in pending.items()}
         counters.setdefault(model, Counter()).update(usage)
+        memory = self._memory
+        # Taken before the write, so a clear meanwhile makes the memory tier skip these.
+        generation = None if memory is None else memory.generation
+        expires = None if self._ttl is None else time.time() + self._ttl
         try:
             written = self._write_scores(clean, model, counters)
         except (*self._failures, *self._write_failures) as exc:
@@ -464,7 +513,15 @@ class StoreBase:
             self._store_error("write", exc)
             return False
         self._reachable()
+        if written and memory is not None:
+            memory.store({key: (value, expires) for key, value in clean.items()}, generation)
         return written
+
+    def _cleared(self) -> None:
+        """Forget what the memory tier holds (a backend calls it after a clear, having
+        changed its generation so that other processes forget theirs)."""
+        if self._memory is not None:
+            self._memory.forget()
 
     # -- counters ------------------------------------------------------------------------
 

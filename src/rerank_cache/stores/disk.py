@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import diskcache
 from ..errors import CacheDirectoryError, CacheError, CorruptCacheError
 from . import sqlite
 from .base import TTL_UNSET, AdminStore, CounterWriter, StoreBase
+from .memory import DEFAULT_MEMORY_ENTRIES
 from .open import default_cache_dir, open_store, secure_directory
 from .safedisk import SafeDisk
 from .stats import CacheStats, CheckReport, build_stats
@@ -44,6 +45,8 @@ logger = logging.getLogger("rerank_cache")
 DEFAULT_SIZE_LIMIT = 2**30
 #: Opening waits at least this long for other processes' writes (see _wait_for_writers).
 _MIN_OPEN_WAIT = 2.0
+# Changed by every clear, so other processes' memory tiers forget (see StoreBase).
+_GENERATION_FILE = "generation"
 #: What counts as storage trouble on the request path (fails open).
 _FAILURES = (sqlite3.Error, OSError, diskcache.Timeout)
 
@@ -216,6 +219,11 @@ class ScoreCache(StoreBase):
         stale_ttl: how long past its ttl a score is kept for ``on_error="stale"`` (seconds,
             a ``timedelta``, or None: not kept). Kept scores are never read by
             :meth:`get_many` nor counted as entries; :meth:`expire` deletes them after it.
+        memory_entries: scores this process keeps in memory in front of the file (recently
+            read or written, each until it expires); 0 turns the memory tier off. Default
+            :data:`~rerank_cache.stores.memory.DEFAULT_MEMORY_ENTRIES` (50,000: about 12 MB). A
+            ``clear`` in any process is seen by the others on their next call (a ``stat``
+            of the ``generation`` file in the directory).
 
     Example:
         >>> import tempfile
@@ -240,13 +248,20 @@ class ScoreCache(StoreBase):
         stats_flush_interval: float = 1.0,
         recover: bool = True,
         stale_ttl: float | timedelta | None = None,
+        memory_entries: int = DEFAULT_MEMORY_ENTRIES,
     ) -> None:
-        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval, stale_ttl=stale_ttl)
+        super().__init__(
+            ttl=ttl,
+            stats_flush_interval=stats_flush_interval,
+            stale_ttl=stale_ttl,
+            memory_entries=memory_entries,
+        )
         if size_limit < 1:
             raise ValueError("size_limit must be positive")
         self._directory = secure_directory(
             Path(directory) if directory is not None else default_cache_dir()
         )
+        self._generation_file = str(self._directory / _GENERATION_FILE)
         self._size_limit = size_limit
         self._timeout = timeout
         self._open_timeout = max(timeout, _MIN_OPEN_WAIT)
@@ -415,6 +430,37 @@ class ScoreCache(StoreBase):
         """Rows that expired before this are gone for good (past the stale window too)."""
         return now - (self._stale_ttl or 0.0)
 
+    def _read_entries(
+        self, keys: list[str]
+    ) -> tuple[Hashable, dict[str, tuple[float, float | None]]]:
+        generation = self._generation()
+        if not keys:
+            return generation, {}
+        return generation, sqlite.get_entries(self._con, keys, time.time())
+
+    def _generation(self) -> Hashable:
+        """The generation file's identity, size and change time: any clear changes it."""
+        try:
+            st = os.stat(self._generation_file)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _bump_generation(self) -> None:
+        """Tell every process's memory tier to forget (after scores were deleted).
+
+        One byte appended: the size changes even where the clock is too coarse for mtime.
+        """
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self._generation_file, flags, 0o600)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+        finally:
+            self._cleared()
+
     def _write_scores(
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
@@ -477,7 +523,10 @@ class ScoreCache(StoreBase):
             CacheError: the file is locked too long or cannot be written
                 (:class:`CorruptCacheError` if damaged).
         """
-        return self._delete_in_chunks("clearing", lambda con: sqlite.delete_scores(con, model))
+        try:
+            return self._delete_in_chunks("clearing", lambda con: sqlite.delete_scores(con, model))
+        finally:
+            self._bump_generation()  # even a clear stopped part-way deleted scores
 
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:
         """Delete expired scores (only ``model``'s, if given); return how many.
@@ -608,4 +657,5 @@ class ScoreCache(StoreBase):
             moved,
         )
         self._cache = self._open_once()
+        self._bump_generation()
         return moved

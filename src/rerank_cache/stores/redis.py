@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +62,7 @@ from redis.retry import Retry
 from ..errors import CacheError, ConfigurationError
 from ..keys import HASH_DIGITS, key_head, model_of
 from .base import DEFAULT_TTL, REDIS_SCHEMES, TTL_UNSET, CounterWriter, StoreBase
+from .memory import DEFAULT_MEMORY_ENTRIES
 from .redis_check import check_namespace, scan_batches
 from .redis_format import (
     DEFAULT_NAMESPACE,
@@ -123,6 +124,11 @@ class RedisScoreCache(StoreBase):
         stale_ttl: how long past its ttl a score is kept for ``on_error="stale"`` (seconds,
             a ``timedelta``, or None: not kept). The key lives ttl + stale_ttl and holds its
             real expiry, so normal reads miss it after the ttl; it is not counted as an entry.
+        memory_entries: scores this process keeps in memory in front of Redis (recently
+            read or written, each until it expires); 0 turns the memory tier off. Default
+            :data:`~rerank_cache.stores.memory.DEFAULT_MEMORY_ENTRIES` (50,000: about 12 MB). A
+            ``clear`` in any process is seen by the others on their next call: every call
+            reads a generation key, in the same round trip as the ``MGET``.
 
     Example:
         >>> cache = RedisScoreCache("redis://:s3cret@localhost:6379/0", namespace="search")
@@ -143,8 +149,14 @@ class RedisScoreCache(StoreBase):
         stats_flush_interval: float = 1.0,
         retry_interval: float = 5.0,
         stale_ttl: float | timedelta | None = None,
+        memory_entries: int = DEFAULT_MEMORY_ENTRIES,
     ) -> None:
-        super().__init__(ttl=ttl, stats_flush_interval=stats_flush_interval, stale_ttl=stale_ttl)
+        super().__init__(
+            ttl=ttl,
+            stats_flush_interval=stats_flush_interval,
+            stale_ttl=stale_ttl,
+            memory_entries=memory_entries,
+        )
         self._ttl_ms = None if self._ttl is None else max(1, math.ceil(self._ttl * 1000))
         # Scores that never expire need no stale window: they are written as before.
         self._stale_ms = (
@@ -199,6 +211,7 @@ class RedisScoreCache(StoreBase):
         self._score_prefix = f"{namespace}:s:"
         self._counters_key = f"{namespace}:counters"
         self._entries_key = f"{namespace}:entries"
+        self._generation_key = f"{namespace}:generation"
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
         self._last_prune = 0.0
@@ -302,6 +315,37 @@ class RedisScoreCache(StoreBase):
             if entry is not None and (entry[1] is None or entry[1] > expired_before_ms):
                 found[key] = entry[0]
         return found
+
+    def _read_entries(
+        self, keys: list[str]
+    ) -> tuple[Hashable, dict[str, tuple[float, float | None]]]:
+        # One round trip, commands in order: the generation before the scores, then each
+        # score's remaining time to live (PTTL: -1 none, -2 gone meanwhile).
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._generation_key)
+        names = [self._score_key(key) for key in keys]
+        if names:
+            pipe.mget(names)
+            for name in names:
+                pipe.pttl(name)
+        now = time.time()
+        replies = pipe.execute()
+        generation = replies[0]
+        if not names:
+            return generation, {}
+        found: dict[str, tuple[float, float | None]] = {}
+        for key, raw, ttl_ms in zip(keys, replies[1], replies[2:], strict=True):
+            entry = parse_entry(raw)
+            if entry is None or ttl_ms == -2:
+                continue
+            value, real_expiry_ms = entry
+            if real_expiry_ms is not None:  # kept past its ttl for on_error="stale"
+                if real_expiry_ms <= now * 1000:
+                    continue  # expired: only a stale read may have it
+                found[key] = (value, real_expiry_ms / 1000)
+            else:
+                found[key] = (value, None if ttl_ms == -1 else now + ttl_ms / 1000)
+        return generation, found
 
     def _write_scores(
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
@@ -428,8 +472,12 @@ class RedisScoreCache(StoreBase):
                 ]
                 if fields:
                     self._client.hdel(self._entries_key, *fields)
+            # After the deletes: a process that reads the new generation reads no old score.
+            self._client.incr(self._generation_key)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+        finally:
+            self._cleared()
         return deleted
 
     def _pattern(self, model: str | None) -> str:

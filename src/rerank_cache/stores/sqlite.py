@@ -38,6 +38,7 @@ __all__ = [
     "delete_settings",
     "delete_unsafe",
     "entries",
+    "get_entries",
     "get_scores",
     "integrity_check",
     "live_keys",
@@ -66,6 +67,10 @@ _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real
 #: write lock, so a concurrent writer never waits long for ``clear`` or ``expire``.
 DELETE_CHUNK = 5_000
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
+# The sizes a read's "IN (...)" is padded to (the largest is also its chunk size).
+_IN_SIZES = (16, 64, 128, 256, 1024)
+# SQLite stores inf as a real too (NaN becomes NULL): only finite values are scores.
+_FINITE = "abs(value) <= 1.7976931348623157e308"
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
 _MODEL = f"substr(key, {len(KEY_PREFIX) + 1}, length(key) - {len(KEY_PREFIX) + 1 + HASH_DIGITS})"
 # Bind KEY_PREFIX to the "?": only current-format keys have a model.
@@ -110,17 +115,48 @@ def set_busy_timeout(con: sqlite3.Connection, seconds: float) -> None:
 # -- scores ----------------------------------------------------------------------------------
 
 
+def _padded(keys: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """``keys`` in chunks, each padded with its last key to one of :data:`_IN_SIZES`.
+
+    Padding keeps the number of distinct statements to a handful, so sqlite3's statement
+    cache keeps every one of them prepared however the candidate counts vary (a duplicate
+    in an ``IN`` list changes nothing).
+    """
+    largest = _IN_SIZES[-1]
+    for start in range(0, len(keys), largest):
+        chunk = keys[start : start + largest]
+        size = next(n for n in _IN_SIZES if n >= len(chunk))
+        yield size, chunk + [chunk[-1]] * (size - len(chunk))
+
+
+_GET_SCORES = {
+    n: f"SELECT key, value FROM Cache WHERE key IN ({','.join('?' * n)})"
+    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    for n in _IN_SIZES
+}
+_GET_ENTRIES = {
+    n: f"SELECT key, value, expire_time FROM Cache WHERE key IN ({','.join('?' * n)})"
+    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    for n in _IN_SIZES
+}
+
+
 def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
-    """Live, safe scores of ``keys``, in one ``SELECT ... IN`` per 500 keys."""
+    """Live, safe, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
     found: dict[str, float] = {}
-    for chunk in _chunks(keys):
-        marks = ",".join("?" * len(chunk))
-        for key, value in con.execute(
-            f"SELECT key, value FROM Cache WHERE key IN ({marks}) AND {_SAFE_ROW} AND {_LIVE}",
-            (*chunk, now),
-        ):
-            if math.isfinite(value):  # SQLite stores inf as a real too
-                found[key] = value
+    for size, chunk in _padded(keys):
+        found.update(con.execute(_GET_SCORES[size], (*chunk, now)).fetchall())
+    return found
+
+
+def get_entries(
+    con: sqlite3.Connection, keys: list[str], now: float
+) -> dict[str, tuple[float, float | None]]:
+    """:func:`get_scores` with each score's expiry time (None: never), for the memory tier."""
+    found: dict[str, tuple[float, float | None]] = {}
+    for size, chunk in _padded(keys):
+        for key, value, expires in con.execute(_GET_ENTRIES[size], (*chunk, now)).fetchall():
+            found[key] = (value, expires)
     return found
 
 
