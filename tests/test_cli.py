@@ -262,7 +262,7 @@ def test_check_reports_and_fixes_tampered_rows(
     with con:
         con.execute(
             "INSERT INTO Cache (key, raw, store_time, mode, filename, value) "
-            "VALUES ('1:m:' || hex(randomblob(16)), 1, 0, 4, NULL, x'8004')"
+            "VALUES ('2:m:' || hex(randomblob(16)), 1, 0, 4, NULL, x'8004')"
         )
     con.close()
     assert main(["--cache-dir", str(env), "check"]) == 1

@@ -124,7 +124,14 @@ class RedisScoreCache(StoreBase):
         >>> cache.close()
     """
 
-    _failures = (RedisError, OSError)
+    _failures: tuple[type[BaseException], ...] = (RedisError, OSError)
+    #: What counts as Redis being unreachable (then left alone for ``retry_interval``).
+    _unreachable: tuple[type[BaseException], ...] = _UNREACHABLE
+    _schemes: tuple[str, ...] = REDIS_SCHEMES
+    _use = "use redis://, rediss:// or unix://"
+    #: Whether a write's commands go in one MULTI (a cluster cannot span slots in one).
+    _transaction = True
+    _client: Any
 
     def __init__(
         self,
@@ -145,10 +152,8 @@ class RedisScoreCache(StoreBase):
         self._secrets: tuple[str, ...] = ()
         if isinstance(url_or_client, str):
             url, url_namespace = split_namespace(url_or_client)
-            if urlsplit(url).scheme not in REDIS_SCHEMES:
-                raise ConfigurationError(
-                    f"not a Redis URL: {redact_url(url)} (use redis://, rediss:// or unix://)"
-                )
+            if urlsplit(url).scheme not in self._schemes:
+                raise ConfigurationError(f"not a Redis URL: {redact_url(url)} ({self._use})")
             if namespace is not None and url_namespace not in (None, namespace):
                 raise ConfigurationError(
                     f"two namespaces given: {url_namespace!r} in the URL, {namespace!r} "
@@ -157,14 +162,7 @@ class RedisScoreCache(StoreBase):
             namespace = url_namespace if namespace is None else namespace
             self._secrets = url_secrets(url)
             try:
-                self._client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    # One immediate reconnect for a pooled connection the server dropped; no
-                    # backoff and no retry on timeouts: a slow Redis must fail open fast.
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                )
+                self._client = self._connect(url, timeout)
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(
                     f"invalid Redis URL {redact_url(url)}: {self._describe(exc)}"
@@ -174,7 +172,7 @@ class RedisScoreCache(StoreBase):
         else:
             self._client = url_or_client
             self._owns_client = False
-            self._url = _describe_client(url_or_client)
+            self._url = self._describe_client(url_or_client)
         namespace = DEFAULT_NAMESPACE if namespace is None else namespace
         if not NAMESPACE.match(namespace):
             raise ConfigurationError(
@@ -183,8 +181,8 @@ class RedisScoreCache(StoreBase):
             )
         self._namespace = namespace
         self._score_prefix = f"{namespace}:s:"
-        self._counters_key = f"{namespace}:counters"
-        self._entries_key = f"{namespace}:entries"
+        self._counters_key = self._meta_key("counters")
+        self._entries_key = self._meta_key("entries")
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
         self._last_prune = 0.0
@@ -211,6 +209,54 @@ class RedisScoreCache(StoreBase):
     def _score_key(self, key: str) -> str:
         return self._score_prefix + key
 
+    def _store_key(self, name: str) -> str | None:
+        """The store key a Redis key name of our scores holds, or None if it is not one."""
+        return name[len(self._score_prefix) :] if name.startswith(self._score_prefix) else None
+
+    def _score_pattern(self, model: str | None) -> str:
+        """A ``SCAN`` pattern matching every score key of ``model`` (None: every model)."""
+        if model is None:
+            return self._score_prefix + "*"
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
+        return self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
+
+    def _meta_key(self, name: str) -> str:
+        """The Redis key of a namespace-wide structure (counters, entry buckets)."""
+        return f"{self._namespace}:{name}"
+
+    def _connect(self, url: str, timeout: float) -> Any:
+        """A client for ``url`` (checked to be one of ``_schemes``); may raise ValueError."""
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate reconnect for a pooled connection the server dropped; no
+            # backoff and no retry on timeouts: a slow Redis must fail open fast.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+
+    def _describe_client(self, client: Any) -> str:
+        return _describe_client(client)
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        return list(self._client.mget(names))
+
+    def _stats_replies(self) -> tuple[Any, Any, int]:
+        """The raw counters and entries hashes, and the bytes Redis uses; may raise."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self._counters_key)
+        pipe.hgetall(self._entries_key)
+        pipe.info("memory")
+        counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
+        for result in (counters_raw, entries_raw):
+            if isinstance(result, Exception):
+                raise result
+        return (
+            counters_raw,
+            entries_raw,
+            (0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))),
+        )
+
     # -- failing open (StoreBase hooks) ---------------------------------------------------
 
     @property
@@ -228,7 +274,7 @@ class RedisScoreCache(StoreBase):
             return self._down and time.monotonic() < self._down_until
 
     def _failed(self, exc: BaseException) -> str:
-        if not isinstance(exc, _UNREACHABLE):
+        if not isinstance(exc, self._unreachable):
             return ""
         with self._lock:
             self._down = True
@@ -243,7 +289,7 @@ class RedisScoreCache(StoreBase):
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
         del wait  # a socket timeout bounds every call already
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=self._transaction)
         self._queue_counters(pipe, pending)
         pipe.execute()
 
@@ -267,14 +313,14 @@ class RedisScoreCache(StoreBase):
         """
         try:
             self._client.ping()
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
         self._reachable()
 
     # -- reads and writes (StoreBase hooks): one MGET, one MULTI ---------------------------
 
     def _read_scores(self, keys: list[str]) -> dict[str, float]:
-        values = self._client.mget([self._score_key(key) for key in keys])
+        values = self._mget([self._score_key(key) for key in keys])
         found: dict[str, float] = {}
         for key, raw in zip(keys, values, strict=True):
             value = parse_score(raw)
@@ -286,7 +332,7 @@ class RedisScoreCache(StoreBase):
         self, scores: dict[str, float], model: str, counters: dict[str, Counter[str]]
     ) -> bool:
         bucket = bucket_field(model, self._ttl_ms, int(time.time() * 1000))
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=self._transaction)
         for key, value in scores.items():
             # GET returns the value the key held: a live one means a duplicate send.
             pipe.set(self._score_key(key), repr(value), px=self._ttl_ms, get=True)
@@ -315,10 +361,10 @@ class RedisScoreCache(StoreBase):
         _queue_counters(pipe, self._counters_key, counters)
 
     def _counter_writer(self) -> CounterWriter:
-        client, key = self._client, self._counters_key
+        client, key, transaction = self._client, self._counters_key, self._transaction
 
         def write(counters: Mapping[str, Counter[str]]) -> None:
-            pipe = client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=transaction)
             _queue_counters(pipe, key, counters)
             pipe.execute()
 
@@ -363,22 +409,14 @@ class RedisScoreCache(StoreBase):
             CacheError: Redis cannot be reached.
         """
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._counters_key)
-            pipe.hgetall(self._entries_key)
-            pipe.info("memory")
-            counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+            counters_raw, entries_raw, size = self._stats_replies()
+        except self._failures as exc:
             raise self._unavailable(exc) from None
-        for result in (counters_raw, entries_raw):
-            if isinstance(result, Exception):
-                raise self._unavailable(result)
         now_ms = int(time.time() * 1000)
         counters = parse_counters(counters_raw)
         for model, deltas in self._pending_here().items():
             counters.setdefault(model, Counter()).update(deltas)
         entries, oldest, newest = live_entries(entries_raw, now_ms)
-        size = 0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))
         return _build_stats(self.location, counters, entries, size, now_ms, oldest, newest)
 
     def clear(self, model: str | None = None) -> int:
@@ -389,11 +427,7 @@ class RedisScoreCache(StoreBase):
         Raises:
             CacheError: Redis cannot be reached.
         """
-        if model is None:
-            pattern = self._score_prefix + "*"
-        else:
-            escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
-            pattern = self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
+        pattern = self._score_pattern(model)
         deleted = 0
         try:
             for batch in scan_batches(self._client, pattern):
@@ -408,7 +442,7 @@ class RedisScoreCache(StoreBase):
                 ]
                 if fields:
                     self._client.hdel(self._entries_key, *fields)
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
         return deleted
 
@@ -447,13 +481,16 @@ class RedisScoreCache(StoreBase):
         try:
             return check_namespace(
                 self._client,
-                score_prefix=self._score_prefix,
+                pattern=self._score_pattern(None),
+                store_key=self._store_key,
+                mget=self._mget,
                 counters_key=self._counters_key,
                 entries_key=self._entries_key,
                 ttl_ms=self._ttl_ms,
+                transaction=self._transaction,
                 fix=fix,
             )
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
 
 

@@ -23,6 +23,7 @@ from ..errors import ConfigurationError
 from .stats import COUNTER_NAMES
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_NAMESPACE",
     "NAMESPACE",
     "Bucket",
@@ -38,6 +39,8 @@ __all__ = [
     "url_secrets",
 ]
 
+#: URL schemes of a Redis Cluster (any one node; the client finds the others).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: The namespace (key prefix) used when none is given.
 DEFAULT_NAMESPACE = "rerank-cache"
 #: What a namespace may be.
