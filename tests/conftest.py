@@ -13,7 +13,7 @@ from rerank_cache import QwenReRanker, RetryPolicy, ScoreCache
 from rerank_cache.testing import DashScopeServer
 
 from .helpers import API_KEY, QUERY, SleepRecorder
-from .redis_fixture import redis_server  # noqa: F401 - a session fixture, found by name
+from .redis_fixture import redis_cluster, redis_server  # noqa: F401 - session fixtures
 
 
 @pytest.fixture(autouse=True)

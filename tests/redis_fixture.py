@@ -53,7 +53,10 @@ class RedisServer:
             to bring "the same" Redis back (empty: nothing is persisted).
     """
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.extra = extra
         self.executable = require_redis_server()
         self.directory = directory
         self.port = port or free_port()
@@ -89,6 +92,7 @@ class RedisServer:
                 str(log),
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -143,3 +147,100 @@ def redis_server() -> Iterator[RedisServer]:
         RedisServer(Path(tmp)) as server,
     ):
         yield server
+
+
+class RedisClusterServers:
+    """A local Redis Cluster of ``size`` primaries and no replicas, each a :class:`RedisServer`.
+
+    Three or more are joined with ``redis-cli --cluster create``; a single node takes every
+    slot itself. Started when :meth:`start` returns ``cluster_state:ok`` on every node.
+    """
+
+    def __init__(self, directory: Path, size: int = 3, ports: list[int] | None = None) -> None:
+        self.directory = directory
+        self.servers = [
+            RedisServer(
+                directory / f"node-{port}",
+                port=port,
+                extra=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(directory / f"node-{port}" / "nodes.conf"),
+                    # The default bus port, port + 10000, fails for a free port above 55535.
+                    "--cluster-port",
+                    str(free_port()),
+                ),
+            )
+            for port in (ports or [free_port() for _ in range(size)])
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:PORT`` of the first node."""
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
+
+    def client(self) -> redis.RedisCluster:
+        """A plain redis-py cluster client for inspecting the cluster (close it after use)."""
+        return redis.RedisCluster(host="127.0.0.1", port=self.servers[0].port, socket_timeout=5)
+
+    def start(self) -> RedisClusterServers:
+        """Start every node, assign the slots, and wait until the cluster is ok."""
+        try:
+            for server in self.servers:
+                server.start()
+            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+            if len(nodes) >= 3:
+                cli = shutil.which("redis-cli") or "redis-cli"
+                subprocess.run(
+                    [
+                        cli,
+                        "--cluster",
+                        "create",
+                        *nodes,
+                        "--cluster-replicas",
+                        "0",
+                        "--cluster-yes",
+                    ],
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    timeout=60,
+                )
+            else:
+                with self.servers[0].client() as node:
+                    node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            deadline = time.monotonic() + 60
+            for server in self.servers:
+                with server.client() as node:
+                    while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"cluster not ok on {server.port}")
+                        time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private three-primary Redis Cluster for the whole session (each test a namespace)."""
+    require_redis_server()
+    with (
+        tempfile.TemporaryDirectory(prefix="rerank-cache-cluster-") as tmp,
+        RedisClusterServers(Path(tmp)) as cluster,
+    ):
+        yield cluster

@@ -121,12 +121,12 @@ def test_eviction_never_deletes_a_file_a_row_names(tmp_path: Path) -> None:
     victim.write_text("precious")
     d = tmp_path / "evicting"
     with ScoreCache(d, size_limit=200_000) as store:
-        plant_row(store.directory, "1:m:" + "b" * 32, mode=2, value=None, filename=str(victim))
+        plant_row(store.directory, "2:m:" + "b" * 32, mode=2, value=None, filename=str(victim))
         for b in range(10):
             store.put_many(
                 {score_key("m", None, f"q{b}", f"doc {i}"): 0.5 for i in range(500)}, model="m"
             )
-        assert store.get_many(["1:m:" + "b" * 32]) == {}
+        assert store.get_many(["2:m:" + "b" * 32]) == {}
         store.check(fix=True)
         store.clear()
     assert victim.read_text() == "precious"

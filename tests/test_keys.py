@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rerank_cache.keys import KEY_VERSION, KeyBuilder, model_of, score_key
+from rerank_cache.keys import KEY_VERSION, KeyBuilder, model_of, query_tag, score_key
 
 text = st.text(max_size=40)
 maybe_text = st.none() | text
@@ -77,6 +77,35 @@ def test_moving_text_across_boundaries_changes_key(q: str, d: str, extra: str, c
 def test_model_of_rejects_foreign_keys() -> None:
     """Keys not in the current format have no model."""
     assert model_of("0:m:" + "0" * 32) is None
+    assert model_of("1:m:" + "0" * 32) is None  # version 1, before the query tag
     assert model_of("nonsense") is None
     assert model_of("1:a:b:" + "f" * 32) is None  # version 1, before the scorer was keyed
     assert model_of("2:a:b:" + "f" * 32) == "a:b"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=40), maybe_text, text, st.lists(text, min_size=1, max_size=5))
+def test_query_tag_is_shared_by_one_calls_keys(
+    model: str, instruct: str | None, query: str, docs: list[str]
+) -> None:
+    """Every key of one (model, instruct, query) has the same tag: the key's hash starts with it."""
+    keys = [score_key(model, instruct, query, d) for d in docs]
+    tags = {query_tag(k) for k in keys}
+    assert len(tags) == 1
+    (tag,) = tags
+    assert tag is not None
+    assert len(tag) == 8
+    assert all(k[-32:].startswith(tag) for k in keys)
+
+
+def test_query_tag_differs_between_queries_and_rejects_foreign_keys() -> None:
+    """Different queries, instructs or models get different tags; foreign keys get none."""
+    tags = {
+        query_tag(score_key("m", None, "q", "d")),
+        query_tag(score_key("m", None, "q2", "d")),
+        query_tag(score_key("m", "", "q", "d")),
+        query_tag(score_key("m2", None, "q", "d")),
+    }
+    assert len(tags) == 4
+    assert query_tag("nonsense") is None
+    assert query_tag("1:m:" + "0" * 32) is None

@@ -43,6 +43,7 @@ from rerank_cache import (
     score_key,
 )
 from rerank_cache.cli import main
+from rerank_cache.stores.redis_cluster import RedisClusterScoreCache, cluster_tag
 from rerank_cache.testing import DashScopeServer, score
 
 from .helpers import (
@@ -57,7 +58,7 @@ from .helpers import (
     write_lock_held,
     write_log,
 )
-from .redis_fixture import RedisServer, free_port
+from .redis_fixture import RedisClusterServers, RedisServer, free_port
 
 MODEL = "gte-rerank-v2"
 Advance = Callable[[float], None]
@@ -153,13 +154,23 @@ class RedisKit:
     def cli_args(self) -> list[str]:
         return ["--cache-url", self.url]
 
+    def name(self, store_key: str) -> str:
+        """The Redis key a score is stored under."""
+        return f"{self.namespace}:s:{store_key}"
+
     def plant(self, store_key: str, value: str | bytes | int) -> None:
         with self.server.client() as client:
-            client.set(f"{self.namespace}:s:{store_key}", value)
+            client.set(self.name(store_key), value)
+
+    def delete(self, *store_keys: str) -> None:
+        """Delete scores directly in Redis (one key at a time: slots may differ)."""
+        with self.server.client() as client:
+            for store_key in store_keys:
+                client.delete(self.name(store_key))
 
     def remaining_ttl(self, store_key: str) -> float | None:
         with self.server.client() as client:
-            pttl = int(client.pttl(f"{self.namespace}:s:{store_key}"))
+            pttl = int(client.pttl(self.name(store_key)))
         assert pttl != -2, "no such key"
         return None if pttl == -1 else pttl / 1000
 
@@ -201,10 +212,87 @@ class RedisKit:
             srv.stop()
 
 
-Kit = DiskKit | RedisKit
+class ClusterKit(RedisKit):
+    """Makes RedisClusterScoreCaches in a fresh namespace of the session's three-primary cluster."""
+
+    kind = "cluster"
+
+    def __init__(self, cluster: RedisClusterServers, tmp_path: Path) -> None:
+        super().__init__(cluster.servers[0], tmp_path)
+        self.cluster = cluster
+        self.late: list[RedisClusterServers] = []
+
+    @property
+    def url(self) -> str:
+        return f"{self.cluster.url}?namespace={self.namespace}"
+
+    def make(self, **kwargs: Any) -> ScoreStore:
+        kwargs.setdefault("namespace", self.namespace)
+        return RedisClusterScoreCache(self.cluster.url, **kwargs)
+
+    def name(self, store_key: str) -> str:
+        return f"{self.namespace}:s:{{{cluster_tag(store_key)}}}{store_key}"
+
+    def plant(self, store_key: str, value: str | bytes | int) -> None:
+        with self.cluster.client() as client:
+            client.set(self.name(store_key), value)
+
+    def delete(self, *store_keys: str) -> None:
+        with self.cluster.client() as client:
+            for store_key in store_keys:
+                client.delete(self.name(store_key))
+
+    def remaining_ttl(self, store_key: str) -> float | None:
+        with self.cluster.client() as client:
+            pttl = int(client.pttl(self.name(store_key)))
+        assert pttl != -2, "no such key"
+        return None if pttl == -1 else pttl / 1000
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[Advance]:
+        """Frozen time for the store, and the same time passing for the cluster's TTLs."""
+        with freeze_time(datetime.now(timezone.utc)) as frozen, self.cluster.client() as c:
+
+            def advance(seconds: float) -> None:
+                frozen.tick(timedelta(seconds=seconds))
+                for name in c.scan_iter(match=f"{self.namespace}:s:*"):
+                    left = int(c.pttl(name))
+                    if left > 0:
+                        c.pexpire(name, left - int(seconds * 1000))  # <= 0 deletes
+
+            yield advance
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[ScoreStore]:
+        """A store pointing at a closed port; afterwards a one-node cluster starts there."""
+        self.dead_port = free_port()
+        store = RedisClusterScoreCache(
+            f"redis+cluster://127.0.0.1:{self.dead_port}",
+            namespace=self.namespace,
+            timeout=0.5,
+            retry_interval=0,
+        )
+        try:
+            yield store
+            late = RedisClusterServers(self.tmp_path / "late", ports=[self.dead_port])
+            self.late.append(late.start())
+        finally:
+            store.close()
+
+    def reopen_unreachable(self) -> ScoreStore:
+        return RedisClusterScoreCache(
+            f"redis+cluster://127.0.0.1:{self.dead_port}", namespace=self.namespace
+        )
+
+    def cleanup(self) -> None:
+        for cluster in self.late:
+            cluster.stop()
 
 
-@pytest.fixture(params=["disk", "redis"])
+Kit = DiskKit | RedisKit | ClusterKit
+
+
+@pytest.fixture(params=["disk", "redis", "cluster"])
 def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kit]:
     """Both stores: a disk directory, or a namespace on the session's redis-server.
 
@@ -212,12 +300,16 @@ def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kit]:
     honour; its Redis case is skipped with that reason.
     """
     disk_only = request.node.get_closest_marker("disk_only")
-    if request.param == "redis" and disk_only is not None:
+    if request.param != "disk" and disk_only is not None:
         pytest.skip(f"disk store only: {disk_only.args[0]}")
     if request.param == "disk":
         yield DiskKit(tmp_path)
         return
-    made = RedisKit(request.getfixturevalue("redis_server"), tmp_path)
+    made = (
+        ClusterKit(request.getfixturevalue("redis_cluster"), tmp_path)
+        if request.param == "cluster"
+        else RedisKit(request.getfixturevalue("redis_server"), tmp_path)
+    )
     try:
         yield made
     finally:
@@ -1077,8 +1169,7 @@ def _delete_behind_its_back(kit: Kit, *store_keys: str) -> None:
             con.executemany("DELETE FROM Cache WHERE key = ?", [(k,) for k in store_keys])
         con.close()
     else:
-        with kit.server.client() as client:
-            client.delete(*(f"{kit.namespace}:s:{k}" for k in store_keys))
+        kit.delete(*store_keys)
 
 
 def test_memory_tier_serves_recent_scores_and_counts_them_as_hits(

@@ -40,9 +40,16 @@ def resolve_target(args: argparse.Namespace) -> Target:
 
 def open_redis(url: str, *, ping: bool = True, **kwargs: Any) -> RedisScoreCache:
     """Open a Redis store; unless ``ping`` is false, fail in one line if it cannot be reached."""
-    from ..stores.redis import RedisScoreCache  # needs the optional redis-py
+    from urllib.parse import urlsplit
 
-    store = RedisScoreCache(url, **kwargs)
+    from ..stores.redis import RedisScoreCache  # needs the optional redis-py
+    from ..stores.redis_format import CLUSTER_SCHEMES
+
+    cluster = urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+    if cluster:
+        from ..stores.redis_cluster import RedisClusterScoreCache
+
+    store = (RedisClusterScoreCache if cluster else RedisScoreCache)(url, **kwargs)
     if ping:
         try:
             store.ping()

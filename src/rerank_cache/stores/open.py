@@ -21,6 +21,7 @@ from urllib.request import url2pathname
 
 from ..errors import CacheDirectoryError, ConfigurationError
 from .base import REDIS_SCHEMES, AdminStore
+from .redis_format import CLUSTER_SCHEMES
 
 __all__ = [
     "REDIS_SCHEMES",
@@ -112,7 +113,8 @@ def _make_parents(path: Path) -> None:
 def resolve_cache_url(url: str | os.PathLike[str]) -> Path | str:
     """Return the directory a cache URL or path names, or the URL itself for Redis.
 
-    ``redis://``, ``rediss://`` and ``unix://`` URLs come back unchanged (a Redis store);
+    ``redis://``, ``rediss://``, ``unix://`` and ``redis+cluster://`` / ``rediss+cluster://``
+    URLs come back unchanged (a Redis store);
     ``file:///path`` and plain paths come back as an absolute :class:`Path`.
 
     Raises:
@@ -122,7 +124,7 @@ def resolve_cache_url(url: str | os.PathLike[str]) -> Path | str:
     if isinstance(text, bytes):
         raise ConfigurationError("the cache URL must be text, not bytes")
     scheme = urlsplit(text).scheme.lower() if "://" in text else ""
-    if scheme in REDIS_SCHEMES:
+    if scheme in REDIS_SCHEMES or scheme in CLUSTER_SCHEMES:
         return text
     if scheme == "file":
         parts = urlsplit(text)
@@ -134,7 +136,7 @@ def resolve_cache_url(url: str | os.PathLike[str]) -> Path | str:
     if scheme:
         raise ConfigurationError(
             f"unsupported cache URL scheme {scheme + '://'!r}: use redis://, rediss://, "
-            "unix://, file:// or a directory path"
+            "unix://, redis+cluster://, rediss+cluster://, file:// or a directory path"
         )
     return Path(os.path.abspath(Path(text).expanduser()))
 
@@ -151,6 +153,10 @@ def open_store(
     """
     target = resolve_cache_url(url)
     if isinstance(target, str):
+        if urlsplit(target).scheme.lower() in CLUSTER_SCHEMES:
+            from .redis_cluster import RedisClusterScoreCache  # needs the optional redis-py
+
+            return RedisClusterScoreCache(target, **kwargs)
         from .redis import RedisScoreCache  # needs the optional redis-py
 
         return RedisScoreCache(target, **kwargs)

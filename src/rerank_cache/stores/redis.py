@@ -137,7 +137,14 @@ class RedisScoreCache(StoreBase):
         >>> cache.close()
     """
 
-    _failures = (RedisError, OSError)
+    _failures: tuple[type[BaseException], ...] = (RedisError, OSError)
+    #: What counts as Redis being unreachable (then left alone for ``retry_interval``).
+    _unreachable: tuple[type[BaseException], ...] = _UNREACHABLE
+    _schemes: tuple[str, ...] = REDIS_SCHEMES
+    _use = "use redis://, rediss:// or unix://"
+    #: Whether writes run in MULTI/EXEC and a pipeline may MGET (not on a cluster).
+    _transaction = True
+    _client: Any
 
     def __init__(
         self,
@@ -171,10 +178,8 @@ class RedisScoreCache(StoreBase):
         self._secrets: tuple[str, ...] = ()
         if isinstance(url_or_client, str):
             url, url_namespace = split_namespace(url_or_client)
-            if urlsplit(url).scheme not in REDIS_SCHEMES:
-                raise ConfigurationError(
-                    f"not a Redis URL: {redact_url(url)} (use redis://, rediss:// or unix://)"
-                )
+            if urlsplit(url).scheme not in self._schemes:
+                raise ConfigurationError(f"not a Redis URL: {redact_url(url)} ({self._use})")
             if namespace is not None and url_namespace not in (None, namespace):
                 raise ConfigurationError(
                     f"two namespaces given: {url_namespace!r} in the URL, {namespace!r} "
@@ -183,14 +188,7 @@ class RedisScoreCache(StoreBase):
             namespace = url_namespace if namespace is None else namespace
             self._secrets = url_secrets(url)
             try:
-                self._client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    # One immediate reconnect for a pooled connection the server dropped; no
-                    # backoff and no retry on timeouts: a slow Redis must fail open fast.
-                    retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                )
+                self._client = self._connect(url, timeout)
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(
                     f"invalid Redis URL {redact_url(url)}: {self._describe(exc)}"
@@ -200,7 +198,7 @@ class RedisScoreCache(StoreBase):
         else:
             self._client = url_or_client
             self._owns_client = False
-            self._url = _describe_client(url_or_client)
+            self._url = self._describe_client(url_or_client)
         namespace = DEFAULT_NAMESPACE if namespace is None else namespace
         if not NAMESPACE.match(namespace):
             raise ConfigurationError(
@@ -209,9 +207,9 @@ class RedisScoreCache(StoreBase):
             )
         self._namespace = namespace
         self._score_prefix = f"{namespace}:s:"
-        self._counters_key = f"{namespace}:counters"
-        self._entries_key = f"{namespace}:entries"
-        self._generation_key = f"{namespace}:generation"
+        self._counters_key = self._meta_key("counters")
+        self._entries_key = self._meta_key("entries")
+        self._generation_key = self._meta_key("generation")
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
         self._last_prune = 0.0
@@ -238,6 +236,54 @@ class RedisScoreCache(StoreBase):
     def _score_key(self, key: str) -> str:
         return self._score_prefix + key
 
+    def _store_key(self, name: str) -> str | None:
+        """The store key a Redis key name of our scores holds, or None if it is not one."""
+        return name[len(self._score_prefix) :] if name.startswith(self._score_prefix) else None
+
+    def _score_pattern(self, model: str | None) -> str:
+        """A ``SCAN`` pattern matching every score key of ``model`` (None: every model)."""
+        if model is None:
+            return self._score_prefix + "*"
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
+        return self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
+
+    def _meta_key(self, name: str) -> str:
+        """The Redis key of a namespace-wide structure (counters, entry buckets)."""
+        return f"{self._namespace}:{name}"
+
+    def _connect(self, url: str, timeout: float) -> Any:
+        """A client for ``url`` (checked to be one of ``_schemes``); may raise ValueError."""
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate reconnect for a pooled connection the server dropped; no
+            # backoff and no retry on timeouts: a slow Redis must fail open fast.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+
+    def _describe_client(self, client: Any) -> str:
+        return _describe_client(client)
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        return list(self._client.mget(names))
+
+    def _stats_replies(self) -> tuple[Any, Any, int]:
+        """The raw counters and entries hashes, and the bytes Redis uses; may raise."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self._counters_key)
+        pipe.hgetall(self._entries_key)
+        pipe.info("memory")
+        counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
+        for result in (counters_raw, entries_raw):
+            if isinstance(result, Exception):
+                raise result
+        return (
+            counters_raw,
+            entries_raw,
+            (0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))),
+        )
+
     # -- failing open (StoreBase hooks) ---------------------------------------------------
 
     @property
@@ -255,7 +301,7 @@ class RedisScoreCache(StoreBase):
             return self._down and time.monotonic() < self._down_until
 
     def _failed(self, exc: BaseException) -> str:
-        if not isinstance(exc, _UNREACHABLE):
+        if not isinstance(exc, self._unreachable):
             return ""
         with self._lock:
             self._down = True
@@ -270,7 +316,7 @@ class RedisScoreCache(StoreBase):
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
         del wait  # a socket timeout bounds every call already
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=self._transaction)
         self._queue_counters(pipe, pending)
         pipe.execute()
 
@@ -294,7 +340,7 @@ class RedisScoreCache(StoreBase):
         """
         try:
             self._client.ping()
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
         self._reachable()
 
@@ -308,7 +354,7 @@ class RedisScoreCache(StoreBase):
 
     def _read_until(self, keys: list[str], expired_before_ms: int) -> dict[str, float]:
         """Scores of ``keys`` whose real expiry (if stored) is after ``expired_before_ms``."""
-        values = self._client.mget([self._score_key(key) for key in keys])
+        values = self._mget([self._score_key(key) for key in keys])
         found: dict[str, float] = {}
         for key, raw in zip(keys, values, strict=True):
             entry = parse_entry(raw)
@@ -325,7 +371,11 @@ class RedisScoreCache(StoreBase):
         pipe.get(self._generation_key)
         names = [self._score_key(key) for key in keys]
         if names:
-            pipe.mget(names)
+            if self._transaction:
+                pipe.mget(names)
+            else:  # a cluster pipeline refuses MGET: one GET a key, routed to its node
+                for name in names:
+                    pipe.get(name)
             for name in names:
                 pipe.pttl(name)
         now = time.time()
@@ -333,8 +383,10 @@ class RedisScoreCache(StoreBase):
         generation = replies[0]
         if not names:
             return generation, {}
+        values = replies[1] if self._transaction else replies[1 : 1 + len(names)]
+        ttls = replies[-len(names) :]
         found: dict[str, tuple[float, float | None]] = {}
-        for key, raw, ttl_ms in zip(keys, replies[1], replies[2:], strict=True):
+        for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
             entry = parse_entry(raw)
             if entry is None or ttl_ms == -2:
                 continue
@@ -355,7 +407,7 @@ class RedisScoreCache(StoreBase):
         expires, px = None, self._ttl_ms
         if self._stale_ms is not None and self._ttl_ms is not None:
             expires, px = now_ms + self._ttl_ms, self._ttl_ms + self._stale_ms
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=self._transaction)
         for key, value in scores.items():
             # GET returns the value the key held: a live one means a duplicate send.
             pipe.set(self._score_key(key), encode_score(value, expires), px=px, get=True)
@@ -384,10 +436,10 @@ class RedisScoreCache(StoreBase):
         _queue_counters(pipe, self._counters_key, counters)
 
     def _counter_writer(self) -> CounterWriter:
-        client, key = self._client, self._counters_key
+        client, key, transaction = self._client, self._counters_key, self._transaction
 
         def write(counters: Mapping[str, Counter[str]]) -> None:
-            pipe = client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=transaction)
             _queue_counters(pipe, key, counters)
             pipe.execute()
 
@@ -432,22 +484,14 @@ class RedisScoreCache(StoreBase):
             CacheError: Redis cannot be reached.
         """
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._counters_key)
-            pipe.hgetall(self._entries_key)
-            pipe.info("memory")
-            counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+            counters_raw, entries_raw, size = self._stats_replies()
+        except self._failures as exc:
             raise self._unavailable(exc) from None
-        for result in (counters_raw, entries_raw):
-            if isinstance(result, Exception):
-                raise self._unavailable(result)
         now_ms = int(time.time() * 1000)
         counters = parse_counters(counters_raw)
         for model, deltas in self._pending_here().items():
             counters.setdefault(model, Counter()).update(deltas)
         entries, oldest, newest = live_entries(entries_raw, now_ms)
-        size = 0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))
         return _build_stats(self.location, counters, entries, size, now_ms, oldest, newest)
 
     def clear(self, model: str | None = None) -> int:
@@ -460,7 +504,7 @@ class RedisScoreCache(StoreBase):
         """
         deleted = 0
         try:
-            for batch in scan_batches(self._client, self._pattern(model)):
+            for batch in scan_batches(self._client, self._score_pattern(model)):
                 deleted += int(self._client.unlink(*batch))
             if model is None:
                 self._client.delete(self._entries_key)
@@ -474,18 +518,11 @@ class RedisScoreCache(StoreBase):
                     self._client.hdel(self._entries_key, *fields)
             # After the deletes: a process that reads the new generation reads no old score.
             self._client.incr(self._generation_key)
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
         finally:
             self._cleared()
         return deleted
-
-    def _pattern(self, model: str | None) -> str:
-        """The SCAN pattern of every score key, or of ``model``'s."""
-        if model is None:
-            return self._score_prefix + "*"
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
-        return self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
 
     def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
         """Every live score (only ``model``'s, if given) as ``(key, score, expires_at)``
@@ -495,7 +532,7 @@ class RedisScoreCache(StoreBase):
             CacheError: Redis cannot be reached.
         """
         try:
-            for batch in scan_batches(self._client, self._pattern(model)):
+            for batch in scan_batches(self._client, self._score_pattern(model)):
                 pipe = self._client.pipeline(transaction=False)
                 for name in batch:
                     pipe.get(name)
@@ -503,12 +540,17 @@ class RedisScoreCache(StoreBase):
                 replies = pipe.execute(raise_on_error=False)
                 now = time.time()
                 for name, raw, pttl in zip(batch, replies[::2], replies[1::2], strict=True):
-                    score = None if isinstance(raw, Exception) else parse_score(raw)
-                    if score is None or not isinstance(pttl, int) or pttl == -2:
+                    entry = None if isinstance(raw, Exception) else parse_entry(raw)
+                    key = self._store_key(text(name))
+                    if entry is None or key is None or not isinstance(pttl, int) or pttl == -2:
                         continue  # unsafe (check reports it), or expired meanwhile
-                    key = text(name)[len(self._score_prefix) :]
+                    score, real_expiry_ms = entry
+                    if real_expiry_ms is not None:  # kept for on_error="stale"
+                        if real_expiry_ms > now * 1000:
+                            yield key, score, real_expiry_ms / 1000
+                        continue
                     yield key, score, None if pttl < 0 else now + pttl / 1000
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
 
     def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
@@ -522,21 +564,25 @@ class RedisScoreCache(StoreBase):
         width_ttl = self._ttl_ms or int(DEFAULT_TTL.total_seconds() * 1000)
         fields: list[str] = []
         try:
-            pipe = self._client.pipeline(transaction=True)
+            pipe = self._client.pipeline(transaction=self._transaction)
             for key, value, expires in rows:
                 expire_ms = None if expires is None else math.ceil(expires * 1000)
                 px = None if expire_ms is None else max(1, expire_ms - now_ms)
-                pipe.set(self._score_key(key), repr(float(value)), px=px, get=True)
+                kept = self._stale_ms is not None and px is not None
+                if kept:  # kept past its expiry for on_error="stale", as put_many does
+                    px = (px or 0) + (self._stale_ms or 0)
+                stored = encode_score(float(value), expire_ms if kept else None)
+                pipe.set(self._score_key(key), stored, px=px, get=True)
                 fields.append(expiry_bucket_field(model_of(key) or "", expire_ms, width_ttl))
             previous = pipe.execute() if fields else []
             # Keys that were live already are counted where they were first written.
             new = Counter(f for f, old in zip(fields, previous, strict=True) if old is None)
             if new:
-                counts = self._client.pipeline(transaction=True)
+                counts = self._client.pipeline(transaction=self._transaction)
                 for field, n in new.items():
                     counts.hincrby(self._entries_key, field, n)
                 counts.execute()
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
         return len(fields)
 
@@ -575,13 +621,16 @@ class RedisScoreCache(StoreBase):
         try:
             return check_namespace(
                 self._client,
-                score_prefix=self._score_prefix,
+                pattern=self._score_pattern(None),
+                store_key=self._store_key,
+                mget=self._mget,
                 counters_key=self._counters_key,
                 entries_key=self._entries_key,
                 ttl_ms=self._ttl_ms,
+                transaction=self._transaction,
                 fix=fix,
             )
-        except (RedisError, OSError) as exc:
+        except self._failures as exc:
             raise self._unavailable(exc) from None
 
 

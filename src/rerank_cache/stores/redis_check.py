@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..keys import model_of
@@ -40,16 +40,20 @@ def scan_batches(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
 def check_namespace(
     client: redis.Redis,
     *,
-    score_prefix: str,
+    pattern: str,
+    store_key: Callable[[str], str | None],
+    mget: Callable[[list[Any]], list[Any]],
     counters_key: str,
     entries_key: str,
     ttl_ms: int | None,
     fix: bool,
+    transaction: bool = True,
 ) -> CheckReport:
-    """Scan the scores under ``score_prefix``; with ``fix``, delete bad keys and recount.
+    """Scan the scores matching ``pattern``; with ``fix``, delete bad keys and recount.
 
-    ``ttl_ms`` is the store's time to live, used to rebuild entry buckets of keys whose
-    remaining time is shorter.
+    ``store_key`` gives the store key a Redis key name holds (None: not one of ours);
+    ``mget`` reads a batch of names (a cluster splits it by slot); ``ttl_ms`` is the store's
+    time to live, used to rebuild entry buckets of keys whose remaining time is shorter.
     """
     messages: list[str] = []
     rows = 0
@@ -57,8 +61,8 @@ def check_namespace(
     found: Counter[str] = Counter()
     rebuilt: Counter[str] = Counter()
     now_ms = int(time.time() * 1000)
-    for batch in scan_batches(client, score_prefix + "*"):
-        values = client.mget(batch)
+    for batch in scan_batches(client, pattern):
+        values = mget(batch)
         ttls: list[int] = []
         if fix:
             pipe = client.pipeline(transaction=False)
@@ -66,11 +70,11 @@ def check_namespace(
                 pipe.pttl(key)
             ttls = pipe.execute()
         for index, (key, raw) in enumerate(zip(batch, values, strict=True)):
-            name = text(key)[len(score_prefix) :]
+            name = store_key(text(key))
             if raw is None and not client.exists(key):
                 continue  # expired or deleted while we scanned
             rows += 1
-            model = model_of(name)
+            model = None if name is None else model_of(name)
             entry = None if raw is None else parse_entry(raw)
             if entry is None or model is None:
                 unsafe.append(key)
@@ -117,7 +121,7 @@ def check_namespace(
                 client.hdel(key, *fields)
             else:
                 client.delete(key)  # not a hash: ours were lost anyway
-        pipe = client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=transaction)
         pipe.delete(entries_key)
         if rebuilt:
             mapping: dict[Any, Any] = dict(rebuilt)

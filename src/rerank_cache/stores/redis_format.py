@@ -28,6 +28,7 @@ from ..urls import redact_url, url_secrets
 from .stats import COUNTER_NAMES
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "DEFAULT_NAMESPACE",
     "NAMESPACE",
     "Bucket",
@@ -46,6 +47,8 @@ __all__ = [
     "url_secrets",
 ]
 
+#: URL schemes of a Redis Cluster (any one node; the client finds the others).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: The namespace (key prefix) used when none is given.
 DEFAULT_NAMESPACE = "rerank-cache"
 #: What a namespace may be.
