@@ -1,6 +1,6 @@
 """Benchmarks of rerank-cache against the local DashScope server; prints a markdown table.
 
-    python scripts/bench.py [--quick] [--only NAME]... [--json FILE]
+    python scripts/bench.py [--quick] [--only NAME]... [--serve-duration SECONDS] [--json FILE]
 
 Measurements (``--only`` takes these names; each lives in its own module under
 ``scripts/benchmarks/``, which also runs it alone: ``PYTHONPATH=scripts python -m
@@ -24,14 +24,18 @@ benchmarks.<module> [--quick]``):
   diskcache, same run.
 * ``loop`` (``benchmarks.loop``) — event-loop lag while ``arerank`` scores 2,000 uncached
   documents, next to the blocking ``rerank`` called inside the loop.
+* ``serve`` (``benchmarks.serve``) — ``rerank-cache serve`` in its own process under 64
+  clients of 100-document requests, all hits and then 20 new documents per request against a
+  300 ms upstream: requests/s, p50/p99 and the proxy's RSS once a second
+  (``--serve-duration`` seconds per phase; 300 for issue 17's five-minute run).
 
 Every request goes to :class:`rerank_cache.testing.DashScopeServer` on 127.0.0.1 (never to
 DashScope): nothing is billed and no key is needed. The server runs in this process, except
-for ``cold`` and ``loop``, where it runs in a child process so that its own CPU work (parsing
-and scoring 2,000 documents) does not hold the client's GIL, as the real, remote service would
-not. ``--quick`` finishes in under a minute; the full run takes a few minutes on a 2-core
-machine (about a minute more the first time, to build the million-entry cache). Progress goes
-to stderr, the machine description and the table to stdout.
+for ``cold``, ``loop`` and ``serve``, where it runs in a child process so that its own CPU
+work (parsing and scoring 2,000 documents) does not hold the client's GIL, as the real,
+remote service would not. ``--quick`` finishes in under a minute; the full run takes a few
+minutes on a 2-core machine (about a minute more the first time, to build the million-entry
+cache). Progress goes to stderr, the machine description and the table to stdout.
 """
 
 from __future__ import annotations

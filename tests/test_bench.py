@@ -68,3 +68,17 @@ def test_one_row_runs_alone_as_its_module(tmp_path: Path) -> None:
     assert names[0].endswith("median of 1,000")  # the --quick iteration count
     assert sum(name.startswith("breakdown: ") for name in names) == 5
     assert "rerank median / floor median" in names
+
+
+@pytest.mark.slow
+def test_quick_serve_row_answers_every_request_through_the_proxy(tmp_path: Path) -> None:
+    """`bench.py --quick --only serve`: both phases run and the proxy answers all with 200."""
+    stdout, rows = _run_bench([str(BENCH), "--quick", "--only", "serve"], tmp_path)
+    assert TABLE_HEADER in stdout
+    assert {r["section"] for r in rows} == {"10 caching proxy"}
+    phases = [r for r in rows if "requests" in r["data"]]
+    assert [r["name"].split(" ", 1)[0] for r in phases] == ["all-hit", "mixed"]
+    for row in phases:
+        assert row["data"]["requests"] > 0
+        assert row["data"]["errors"] == 0
+        assert len(row["data"]["rss_mib"]) >= 2  # sampled at the start and once a second

@@ -575,6 +575,17 @@ def test_metrics_expose_store_counters_and_requests(
     assert "# TYPE rerank_cache_proxy_request_duration_seconds histogram" in text
 
 
+def test_request_metrics_stay_keyed_by_route_not_by_request(proxy: ProxyServer) -> None:
+    """Paths, query strings and keys never become labels: 40 different unknown requests make
+    one series, so the metrics a long-running proxy keeps cannot grow with its traffic."""
+    for i in range(40):
+        status, _ = post(
+            proxy.origin + f"/api/v1/nothing/{i}?n={i}", native_body(), bearer(f"k{i}")
+        )
+        assert status == 404
+    assert dict(proxy.proxy.metrics.requests()) == {("other", "404"): 40}
+
+
 def test_access_log_is_structured_and_has_no_secrets(
     proxy: ProxyServer, caplog: pytest.LogCaptureFixture
 ) -> None:

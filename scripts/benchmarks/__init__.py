@@ -12,6 +12,7 @@ row     ``--only`` name  module
 7       ``redis``        :mod:`benchmarks.redis_hit` — the hit path on Redis vs diskcache
 8       ``loop``         :mod:`benchmarks.loop` — event-loop lag during ``arerank``
 9       ``expire``       :mod:`benchmarks.expire` — a writer's wait during ``clear --expired``
+10      ``serve``        :mod:`benchmarks.serve` — ``rerank-cache serve`` under 64 clients
 ======  ===============  ==================================================================
 
 Shared parts: :mod:`benchmarks.common` (constants, the table row, number formats, the local

@@ -93,6 +93,7 @@ class Context:
     quick: bool
     tmp: Path
     corpus: Corpus
+    serve_duration: float | None = None  # seconds per phase of the serve row; None: default
 
 
 def ms(seconds: float) -> str:

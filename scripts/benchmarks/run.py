@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import cold, expire, hit, loop, processes, redis_hit, stats, traffic, warm
+from benchmarks import cold, expire, hit, loop, processes, redis_hit, serve, stats, traffic, warm
 from benchmarks.common import SEED, Context, Row, log
 from benchmarks.report import machine, table
 from benchmarks.workload import make_corpus
@@ -29,6 +29,7 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "redis": redis_hit.bench_redis,
     "loop": loop.bench_loop,
     "expire": expire.bench_expire,
+    "serve": serve.bench_serve,
 }
 NAMES = tuple(BENCHES)
 
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this measurement (repeatable): {', '.join(NAMES)}",
     )
+    parser.add_argument(
+        "--serve-duration",
+        type=float,
+        metavar="SECONDS",
+        help="seconds per phase of the serve row (default 20, --quick 3)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     args = parser.parse_args(argv)
     only_local_traffic()
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rerank-cache-bench-") as tmp:
         corpus = make_corpus(4_000, SEED)
-        ctx = Context(quick=args.quick, tmp=Path(tmp), corpus=corpus)
+        ctx = Context(
+            quick=args.quick, tmp=Path(tmp), corpus=corpus, serve_duration=args.serve_duration
+        )
         for name in names:
             log(f"{name} ...")
             t0 = time.perf_counter()
