@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import MagicMock
 
 import aiohttp
 import pytest
@@ -24,7 +27,7 @@ from rerank_cache import (
     RetryPolicy,
     TransportError,
 )
-from rerank_cache.client.responses import status_error, translate
+from rerank_cache.client.responses import check, status_error, translate
 from rerank_cache.client.retry import RetryableError
 from rerank_cache.testing import DashScopeServer
 
@@ -164,3 +167,53 @@ def test_rate_limit_refusal_counts_one_failure(
     with pytest.raises(RequestTimeoutError, match="max_rpm"):
         r.rerank([[Doc("b", fields={"content": "two"})]])
     assert r.usage.failures == 1
+
+
+def _shaped(style: str, payload: dict[str, Any]) -> Any:
+    """A 200 response built the way a test suite patching ``TextReRank.call`` builds it."""
+    if style == "sdk":
+        return DashScopeAPIResponse(status_code=200, request_id="r-1", **payload)
+    if style == "dict":
+        return {"status_code": 200, "request_id": "r-1", **payload}
+    if style == "objects":  # zvec's tests: attribute access all the way down
+        items = [SimpleNamespace(**item) for item in payload["output"]["results"]]
+        return SimpleNamespace(
+            status_code=200,
+            request_id="r-1",
+            output=SimpleNamespace(results=items),
+            usage=SimpleNamespace(**payload["usage"]),
+        )
+    if style == "mock":  # a MagicMock whose output is a plain dict, usage never set
+        response = MagicMock()
+        response.status_code = 200
+        response.output = payload["output"]
+        return response
+    raise AssertionError(style)
+
+
+@pytest.mark.parametrize("style", ["sdk", "dict", "objects", "mock"])
+def test_every_response_shape_the_sdk_types_allow_is_read(style: str) -> None:
+    """Dicts, the SDK's dict-with-attributes objects, plain objects and mocks with dict
+    output all give the same scores (suites that patch TextReRank.call keep working)."""
+    payload = {
+        "output": {
+            "results": [
+                {"index": 1, "relevance_score": 0.25},
+                {"index": 0, "relevance_score": 0.75},
+            ]
+        },
+        "usage": {"total_tokens": 12},
+    }
+    result = check(_shaped(style, payload), ("a", "b"), 1, model="m", api_key="sk-x")
+    assert result.scores == (0.75, 0.25)
+    assert result.total_tokens == (0 if style == "mock" else 12)
+    assert result.request_id == (None if style == "mock" else "r-1")
+
+
+def test_a_mock_without_scores_is_still_malformed() -> None:
+    """A double whose results lack index or score is refused, not read as made-up numbers."""
+    response = MagicMock()
+    response.status_code = 200
+    response.output = {"results": [MagicMock()]}
+    with pytest.raises(MalformedResponseError, match="without index or relevance_score"):
+        check(response, ("a",), 1, model="m", api_key="sk-x")

@@ -267,8 +267,9 @@ def status_error(
     response: Any, status: int, request_id: str | None, *, model: str, api_key: str
 ) -> Exception:
     """Return what to raise for a non-200 ``response``, by :data:`STATUS_TABLE`."""
-    code = getattr(response, "code", None) or None
-    raw = getattr(response, "message", None)
+    code = _leaf(response, "code")
+    code = code if isinstance(code, str) and code else None
+    raw = _leaf(response, "message")
     detail = _redact(str(raw), api_key) if raw else "no message"
     what = f"DashScope returned HTTP {status}" + (f" {code}" if code else "")
     what += f": {detail}"
@@ -280,7 +281,7 @@ def status_error(
     error: APIError
     retry_after = None
     if issubclass(row.error, RateLimitError):
-        retry_after = parse_retry_after(_header(getattr(response, "headers", None), "Retry-After"))
+        retry_after = parse_retry_after(_header(_part(response, "headers"), "Retry-After"))
         error = row.error(
             message, status=status, code=code, request_id=request_id, retry_after=retry_after
         )
@@ -291,6 +292,29 @@ def status_error(
 
 #: The largest count the stores' counters hold (a signed 64-bit SQLite integer).
 _MAX_TOKENS = 2**63 - 1
+
+#: What a field of a JSON body can hold (anything else, such as a test double's made-up
+#: attribute, is no value at all).
+_JSON_VALUES = (str, int, float, bool, list, dict, type(None))
+
+
+def _part(container: Any, name: str) -> Any:
+    """A field of a response or a part of one, in every shape the SDK's types allow.
+
+    The SDK's own response objects are dicts that also allow attribute access; tests (and
+    the zvec suites that patch ``TextReRank.call``) build plain dicts or plain objects.
+    """
+    if container is None:
+        return None
+    if isinstance(container, Mapping):
+        return container.get(name)
+    return getattr(container, name, None)
+
+
+def _leaf(container: Any, name: str) -> Any:
+    """A scalar field (:func:`_part`), or None where it holds no JSON value."""
+    value = _part(container, name)
+    return value if isinstance(value, _JSON_VALUES) else None
 
 
 def _is_finite_number(value: object) -> bool:
@@ -320,27 +344,26 @@ def check(
         DashScopeError: any other error status, or a 200 that does not score every text
             exactly once with a finite number.
     """
-    status = int(getattr(response, "status_code", 0) or 0)
-    request_id = getattr(response, "request_id", None) or None
+    status = _leaf(response, "status_code")
+    status = status if isinstance(status, int) and not isinstance(status, bool) else 0
+    request_id = _leaf(response, "request_id")
+    request_id = request_id if isinstance(request_id, str) and request_id else None
     if status != HTTPStatus.OK:
         raise status_error(response, status, request_id, model=model, api_key=api_key)
-    output = getattr(response, "output", None)
-    results = getattr(output, "results", None) if output is not None else None
-    if not isinstance(results, list):
+    results = _part(_part(response, "output"), "results")
+    if not isinstance(results, (list, tuple)):
         raise MalformedResponseError(
             "DashScope answered 200 without output.results; nothing was cached.",
             request_id=request_id,
         )
     scores: list[float | None] = [None] * len(texts)
     for item in results:
-        try:
-            index = item["index"]
-            score = item["relevance_score"]
-        except (KeyError, TypeError):
+        index, score = _leaf(item, "index"), _leaf(item, "relevance_score")
+        if index is None or score is None:
             raise MalformedResponseError(
                 "DashScope returned a result without index or relevance_score; nothing was cached.",
                 request_id=request_id,
-            ) from None
+            )
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(texts):
             raise MalformedResponseError(
                 f"DashScope returned result index {_short(index)} for a request of "
@@ -366,8 +389,7 @@ def check(
             "nothing was cached.",
             request_id=request_id,
         )
-    usage = getattr(response, "usage", None)
-    tokens = getattr(usage, "total_tokens", None) if usage is not None else None
+    tokens = _leaf(_part(response, "usage"), "total_tokens")
     if tokens is None:
         tokens = 0  # usage is bookkeeping: an answer without it still has its scores
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= _MAX_TOKENS:
