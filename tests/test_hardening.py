@@ -261,6 +261,51 @@ def test_redact_url_hides_any_password(scheme: str, user: str, password: str, re
     assert ":***@" in redact_url(url)
 
 
+_SECRET_PARAMS = st.sampled_from(["token", "api_key", "password", "Auth", "secret", "X-Key"])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(["http", "https", "redis", "rediss", "redis+cluster"]),
+    st.booleans(),
+    _PASSWORDS,
+    st.from_regex(r"[a-z0-9.-]{1,15}(:[0-9]{1,5})?", fullmatch=True),
+    _SECRET_PARAMS,
+    _PASSWORDS,
+)
+def test_redact_url_hides_user_info_and_secret_query_values(
+    scheme: str, with_user: bool, userinfo_secret: str, hostport: str, param: str, value: str
+) -> None:
+    """A bare user-info (``token@host``: a user name or a key, we cannot tell) and the value
+    of any secret-looking query parameter never survive redaction."""
+    from rerank_cache.urls import redact_url
+
+    userinfo = f"app:{userinfo_secret}" if with_user else userinfo_secret
+    url = f"{scheme}://{userinfo}@{hostport}/0?{param}={value}&db=1"
+    shown = redact_url(url)
+    assert userinfo_secret not in shown
+    assert value not in shown
+    assert "db=1" in shown
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(max_size=40) | st.from_regex(r"[a-z+]{1,8}://[^/]{0,20}@?[^/]{0,10}/.{0,10}"))
+def test_any_text_as_a_url_is_redacted_and_scored_without_raising(text: str) -> None:
+    """Whatever a base_url or store URL holds, showing it and keying by it never raise, and
+    the scorer identity is one of the two shapes the key format allows."""
+    import re
+
+    from rerank_cache.keys import DASHSCOPE_SCORER, scorer_id
+    from rerank_cache.urls import redact_url, url_secrets
+
+    assert isinstance(redact_url(text), str)
+    shown = redact_url(text)
+    for secret in url_secrets(text):
+        assert f":{secret}@" not in shown
+    ident = scorer_id(text)
+    assert ident == DASHSCOPE_SCORER or re.fullmatch(r"url:[0-9a-f]{16}", ident)
+
+
 def test_a_body_missing_a_field_is_malformed_not_a_version_problem() -> None:
     """The SDK builds result objects from the body: a TypeError from their __init__ is a
     bad body (MalformedResponseError), never blamed on the SDK version."""
@@ -370,6 +415,47 @@ def test_any_other_endpoint_is_its_own_scorer(
     assert password not in ident
     assert scorer_id(f"{scheme}://{netloc}{path}/other") != ident
     assert scorer_id(f"{scheme}://x{netloc}{path}") != ident
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(["http", "https"]),
+    st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z]{2,5}){0,2}", fullmatch=True),
+    st.integers(min_value=1, max_value=65535) | st.none(),
+    st.from_regex(r"(/[a-zA-Z0-9]{1,6}){0,3}", fullmatch=True),
+    st.tuples(
+        st.booleans(),  # scheme in capitals
+        st.booleans(),  # host in capitals
+        st.booleans(),  # default port written out
+        st.sampled_from(["", "/", "//"]),
+        st.sampled_from(["", "u@", "u:S3cr-pw@"]),
+        st.sampled_from(["", "?x=1", "#frag", "?token=t#f"]),
+        st.sampled_from(["", " ", "\n"]),
+    ),
+)
+def test_every_spelling_of_one_endpoint_is_one_scorer(
+    scheme: str,
+    host: str,
+    port: int | None,
+    path: str,
+    spelling: tuple[bool, bool, bool, str, str, str, str],
+) -> None:
+    """Case of scheme and host, a written-out default port, trailing slashes, credentials,
+    query, fragment and surrounding whitespace never change who scores; the path's case does."""
+    from rerank_cache.keys import scorer_id
+
+    upper_scheme, upper_host, write_port, slash, creds, tail, space = spelling
+    default = {"http": 80, "https": 443}[scheme]
+    plain_port = f":{port}" if port is not None else ""
+    canonical = scorer_id(f"{scheme}://{host}{plain_port}{path}")
+    shown_port = plain_port or (f":{default}" if write_port else "")
+    spelled = (
+        f"{space}{scheme.upper() if upper_scheme else scheme}://{creds}"
+        f"{host.upper() if upper_host else host}{shown_port}{path}{slash}{tail}{space}"
+    )
+    assert scorer_id(spelled) == canonical
+    if path and path.lower() != path.upper():
+        assert scorer_id(f"{scheme}://{host}{plain_port}{path.swapcase()}") != canonical
 
 
 def test_scores_from_one_endpoint_are_never_served_for_another(

@@ -248,6 +248,18 @@ def test_cache_setting_never_shown(make: Callable[..., Any], tmp_path: Path) -> 
         assert "hunter2" not in text
 
 
+def test_base_url_credentials_never_shown(
+    make: Callable[..., Any], server: DashScopeServer
+) -> None:
+    """A password in base_url is redacted in repr and str; the adapter still uses it."""
+    url = server.base_url.replace("http://", "http://app:hunter2-pw@")
+    reranker = make(base_url=url)
+    for text in (repr(reranker), str(reranker)):
+        assert "hunter2-pw" not in text
+        assert "app:***@" in text
+    assert reranker.base_url == url
+
+
 def test_key_alias_and_environment(
     adapter: tuple[Any, Any, Any],
     server: DashScopeServer,

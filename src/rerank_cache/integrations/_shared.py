@@ -8,7 +8,7 @@ exactly those of ``QwenReRanker(...).cached()``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..errors import NoDocumentsError
 from ..reranker import QwenReRanker
 from ..stores.base import ScoreStore
 from ..stores.disk import ScoreCache
+from ..urls import redact_url
 
 __all__ = ["CacheSetting", "CachedSettings", "Ranked", "Ranker", "open_ranker"]
 
@@ -163,7 +164,10 @@ class CachedSettings(BaseModel):
         description="DashScope API key (default: DASHSCOPE_API_KEY).",
     )
     instruct: str | None = Field(default=None, frozen=True, description="Task instruction.")
-    base_url: str | None = Field(default=None, frozen=True, description="API base address.")
+    # Shown redacted by __repr_args__: a base_url may carry credentials.
+    base_url: str | None = Field(
+        default=None, frozen=True, repr=False, description="API base address."
+    )
     # Hidden from repr and dumps: a Redis URL may carry a password.
     cache: CacheSetting = Field(
         default=None,
@@ -174,6 +178,12 @@ class CachedSettings(BaseModel):
     )
 
     _ranker: Ranker = PrivateAttr()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields repr and str show, with ``base_url`` redacted."""
+        yield from super().__repr_args__()
+        if self.base_url is not None:
+            yield "base_url", redact_url(self.base_url)
 
     @field_validator("api_key", mode="before")
     @classmethod
