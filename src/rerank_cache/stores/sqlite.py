@@ -165,19 +165,21 @@ def get_entries(
     return found
 
 
-def live_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
-    """Which of ``keys`` are stored and live."""
-    live: set[str] = set()
+def _keys_where(
+    con: sqlite3.Connection, table: str, keys: list[str], condition: str, args: tuple[Any, ...]
+) -> set[str]:
+    """Which of ``keys`` have a row in ``table`` meeting ``condition`` (bound to ``args``)."""
+    found: set[str] = set()
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        live.update(
-            row[0]
-            for row in con.execute(
-                f"SELECT key FROM Cache WHERE key IN ({marks}) AND raw = 1 AND {_LIVE}",
-                (*chunk, now),
-            )
-        )
-    return live
+        sql = f"SELECT key FROM {table} WHERE key IN ({marks}) AND {condition}"
+        found.update(row[0] for row in con.execute(sql, (*chunk, *args)))
+    return found
+
+
+def live_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
+    """Which of ``keys`` are stored and live."""
+    return _keys_where(con, "Cache", keys, f"raw = 1 AND {_LIVE}", (now,))
 
 
 def upsert_scores(
@@ -500,7 +502,6 @@ def claim_keys(
     """Claim ``keys`` for ``owner`` until ``until`` in one write transaction; return the keys
     ``owner`` holds now (claimed here, or already its own). Claims past their ``until`` are
     deleted first, so a dead claimer's keys are taken over."""
-    held: set[str] = set()
     con.execute("BEGIN IMMEDIATE")
     try:
         # Only the keys asked for: their expired claims are the ones in the way.
@@ -513,15 +514,7 @@ def claim_keys(
             f"INSERT OR IGNORE INTO {CLAIMS_TABLE} (key, owner, until) VALUES (?, ?, ?)",
             [(key, owner, until) for key in keys],
         )
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            held.update(
-                row[0]
-                for row in con.execute(
-                    f"SELECT key FROM {CLAIMS_TABLE} WHERE key IN ({marks}) AND owner = ?",
-                    (*chunk, owner),
-                )
-            )
+        held = _keys_where(con, CLAIMS_TABLE, keys, "owner = ?", (owner,))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -531,17 +524,7 @@ def claim_keys(
 
 def claimed_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
     """Which of ``keys`` someone holds a live claim on (a read, no lock)."""
-    live: set[str] = set()
-    for chunk in _chunks(keys):
-        marks = ",".join("?" * len(chunk))
-        live.update(
-            row[0]
-            for row in con.execute(
-                f"SELECT key FROM {CLAIMS_TABLE} WHERE key IN ({marks}) AND until > ?",
-                (*chunk, now),
-            )
-        )
-    return live
+    return _keys_where(con, CLAIMS_TABLE, keys, "until > ?", (now,))
 
 
 def release_keys(con: sqlite3.Connection, keys: list[str], owner: str, now: float) -> None:
