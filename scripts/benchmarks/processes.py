@@ -1,5 +1,7 @@
 """Row 4, many processes: 4 processes reranking overlapping pairs on one cache directory;
-throughput, errors, and documents sent beyond the floor next to ``duplicate_sends``.
+throughput, errors, and documents sent beyond the floor next to ``duplicate_sends``, once
+with claims off (the default) and once with ``claims=True``; with claims on no pair may be
+sent twice, at no less than 0.8x the throughput of claims off.
 
 Alone, from the repository root: ``python scripts/bench.py --only processes [--quick]``
 or ``PYTHONPATH=scripts python -m benchmarks.processes [--quick]``.
@@ -12,6 +14,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 from benchmarks.common import (
     API_KEY,
@@ -28,7 +31,7 @@ from rerank_cache import ScoreCache, read_stats
 _CHILD = textwrap.dedent(
     """
     import json, sys, time
-    from rerank_cache import Doc, QwenReRanker, ScoreCache
+    from rerank_cache import CachedReRanker, Doc, QwenReRanker, ScoreCache
 
     spec = json.load(open(sys.argv[1]))
     me = int(sys.argv[2])
@@ -38,10 +41,10 @@ _CHILD = textwrap.dedent(
         for query, routes in spec["requests"][me]
     ]
     cache = ScoreCache(spec["cache_dir"])
-    base = QwenReRanker(
+    base = CachedReRanker(QwenReRanker(
         "child", topn=10, rerank_field="content", api_key=spec["api_key"],
         base_url=spec["base_url"], timeout=30.0,
-    ).cached(cache)
+    ), cache, claims=spec["claims"])
     print("ready", flush=True)
     sys.stdin.readline()
     errors = []
@@ -60,7 +63,8 @@ _CHILD = textwrap.dedent(
 
 
 def bench_processes(ctx: Context) -> list[Row]:
-    """4 processes x N reranks over overlapping pairs on one cache directory."""
+    """4 processes x N reranks over overlapping pairs on one cache directory, claims off
+    then on."""
     n_procs = 4
     per_proc = 100 if ctx.quick else 500
     latency = 0.05
@@ -79,17 +83,79 @@ def bench_processes(ctx: Context) -> list[Row]:
             pairs.update((request.query, t) for t in request_texts(corpus, request))
         per.append(mine)
     section = "4 many processes"
-    cache_dir = ctx.tmp / "processes"
+    rows: list[Row] = []
+    rates: dict[bool, float] = {}
+    for claims in (False, True):
+        race = _race(ctx, per, claims, latency)
+        rates[claims] = race["reranks"] / race["wall"]
+        label = "claims on" if claims else "claims off"
+        extra = race["sent"] - len(pairs)
+        rows += [
+            Row(
+                section,
+                f"{label}: {n_procs} processes x {per_proc} reranks ({len(pairs):,} unique "
+                f"pairs, {race['requests']} requests, server latency {latency * 1000:.0f} ms): "
+                "throughput",
+                "—",
+                f"{rates[claims]:,.0f} reranks/s ({race['reranks']:,} in {race['wall']:.2f} s)",
+                None,
+                {"reranks_per_s": rates[claims], "claims": claims},
+            ),
+            Row(
+                section,
+                f"{label}: errors",
+                "0",
+                f"{race['errors']}"
+                + (f" ({'; '.join(race['examples'])})" if race["examples"] else ""),
+                race["errors"] == 0,
+            ),
+            Row(
+                section,
+                f"{label}: documents sent beyond the floor (server documents - unique pairs)",
+                "0" if claims else "allowed across processes, counted",
+                f"{extra:,} ({race['sent']:,} sent, floor {len(pairs):,})",
+                extra == 0 if claims else None,
+                {"sent": race["sent"], "floor": len(pairs), "claims": claims},
+            ),
+            Row(
+                section,
+                f"{label}: cache.stats().duplicate_sends (must equal the row above)",
+                "0, = documents beyond the floor" if claims else "= documents beyond the floor",
+                f"{race['duplicate_sends']:,}",
+                race["duplicate_sends"] == extra and (race["duplicate_sends"] == 0 or not claims),
+            ),
+        ]
+    ratio = rates[True] / rates[False]
+    rows.append(
+        Row(
+            section,
+            "throughput with claims on / claims off",
+            ">= 0.8x",
+            f"{ratio:.2f}x",
+            ratio >= 0.8,
+            {"ratio": ratio},
+        )
+    )
+    return rows
+
+
+def _race(
+    ctx: Context, per: list[list[tuple[str, list[list[int]]]]], claims: bool, latency: float
+) -> dict[str, Any]:
+    """Start one process per request list on a fresh cache directory, together; gather."""
+    name = "processes-claims" if claims else "processes"
+    cache_dir = ctx.tmp / name
     with local_server(latency=latency) as server:
-        spec_path = ctx.tmp / "processes.json"
+        spec_path = ctx.tmp / f"{name}.json"
         spec_path.write_text(
             json.dumps(
                 {
-                    "texts": corpus.texts,
+                    "texts": ctx.corpus.texts,
                     "requests": per,
                     "cache_dir": str(cache_dir),
                     "api_key": API_KEY,
                     "base_url": server.base_url,
+                    "claims": claims,
                 }
             )
         )
@@ -103,7 +169,7 @@ def bench_processes(ctx: Context) -> list[Row]:
                 text=True,
                 env=child_env(),
             )
-            for p in range(n_procs)
+            for p in range(len(per))
         ]
         outputs = []
         try:
@@ -129,45 +195,15 @@ def bench_processes(ctx: Context) -> list[Row]:
                     proc.wait()
         sent = server.stats.documents
         requests = server.stats.ok_requests
-    stats = read_stats(cache_dir)
-    wall = max(o["ended"] for o in outputs) - min(o["started"] for o in outputs)
-    reranks = sum(o["reranks"] for o in outputs)
-    errors = sum(o["errors"] for o in outputs)
-    examples = [e for o in outputs for e in o["examples"]]
-    extra = sent - len(pairs)
-    return [
-        Row(
-            section,
-            f"{n_procs} processes x {per_proc} reranks ({len(pairs):,} unique pairs, "
-            f"{requests} requests, server latency {latency * 1000:.0f} ms): throughput",
-            "—",
-            f"{reranks / wall:,.0f} reranks/s ({reranks:,} in {wall:.2f} s)",
-            None,
-            {"reranks_per_s": reranks / wall},
-        ),
-        Row(
-            section,
-            "errors",
-            "0",
-            f"{errors}" + (f" ({'; '.join(examples)})" if examples else ""),
-            errors == 0,
-        ),
-        Row(
-            section,
-            "documents sent beyond the floor (server documents - unique pairs)",
-            "allowed across processes, counted",
-            f"{extra:,} ({sent:,} sent, floor {len(pairs):,})",
-            None,
-            {"sent": sent, "floor": len(pairs)},
-        ),
-        Row(
-            section,
-            "cache.stats().duplicate_sends (must equal the row above)",
-            "= documents beyond the floor",
-            f"{stats.duplicate_sends:,}",
-            stats.duplicate_sends == extra,
-        ),
-    ]
+    return {
+        "sent": sent,
+        "requests": requests,
+        "duplicate_sends": read_stats(cache_dir).duplicate_sends,
+        "wall": max(o["ended"] for o in outputs) - min(o["started"] for o in outputs),
+        "reranks": sum(o["reranks"] for o in outputs),
+        "errors": sum(o["errors"] for o in outputs),
+        "examples": [e for o in outputs for e in o["examples"]],
+    }
 
 
 if __name__ == "__main__":

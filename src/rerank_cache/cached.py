@@ -27,6 +27,7 @@ from .keys import KeyBuilder
 from .planning import Collected
 from .singleflight import Flight, SingleFlight
 from .stores.base import ScoreStore
+from .stores.claims import DEFAULT_LEASE, Claims, claims_for, wait_for_claimed
 
 __all__ = ["CachedReRanker"]
 
@@ -48,6 +49,14 @@ class CachedReRanker(RerankMethods):
             (logged, counted as ``stale_served``), else the :class:`DashScopeError` is
             raised. By default the wrapped reranker's setting. Fallbacks and stale scores
             are counted in the cache's stats.
+        claims: also never send a pair another process is sending (disk store only):
+            misses are claimed in the store before they are sent, and pairs another process
+            claimed are waited for. Off by default: it costs two short write transactions
+            per call that misses; worth it for expensive models (see ``docs/cache.md``). A
+            :class:`~rerank_cache.stores.claims.Claims` object may be passed instead of True.
+        claim_lease: seconds a claim lasts unless released (a crashed process's claims end
+            then); about twice the request timeout. Default
+            :data:`~rerank_cache.stores.claims.DEFAULT_LEASE`.
 
     Example:
         >>> from rerank_cache import QwenReRanker, ScoreCache
@@ -61,7 +70,13 @@ class CachedReRanker(RerankMethods):
     """
 
     def __init__(
-        self, reranker: Scorer, cache: ScoreStore, *, on_error: OnError | None = None
+        self,
+        reranker: Scorer,
+        cache: ScoreStore,
+        *,
+        on_error: OnError | None = None,
+        claims: bool | Claims = False,
+        claim_lease: float = DEFAULT_LEASE,
     ) -> None:
         self._reranker = reranker
         self._cache = cache
@@ -69,6 +84,11 @@ class CachedReRanker(RerankMethods):
             getattr(reranker, "on_error", "raise") if on_error is None else on_error
         )
         self._flights = _flights_for(cache)
+        self._claims: Claims | None = (
+            (claims_for(cache, lease=claim_lease) if claims else None)
+            if isinstance(claims, bool)
+            else claims
+        )
 
     # -- the wrapped reranker's interface ------------------------------------------------
 
@@ -127,10 +147,18 @@ class CachedReRanker(RerankMethods):
     def __repr__(self) -> str:
         return f"CachedReRanker({self._reranker!r}, {self._cache!r})"
 
+    @property
+    def claims(self) -> Claims | None:
+        """The cross-process claims on in-flight pairs, or None (off)."""
+        return self._claims
+
     def with_query(self, query: str) -> CachedReRanker:
-        """Return a cheap copy for another query, sharing the cache and the client."""
+        """Return a cheap copy for another query, sharing the cache, claims and client."""
         return CachedReRanker(
-            self._reranker.with_query(query), self._cache, on_error=self._on_error
+            self._reranker.with_query(query),
+            self._cache,
+            on_error=self._on_error,
+            claims=self._claims or False,
         )
 
     def prepare(self, query_results: Any) -> Collected[Any]:
@@ -209,7 +237,7 @@ class CachedReRanker(RerankMethods):
         on_batch: Callable[[BatchResult], Awaitable[None]] | None,
     ) -> None:
         """The asyncio twin of :meth:`_fetch`."""
-        cache, flights = self._cache, self._flights
+        cache, flights, claims = self._cache, self._flights, self._claims
 
         async def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -221,16 +249,28 @@ class CachedReRanker(RerankMethods):
         while pending:
             with flights.claim(list(pending)) as (mine, theirs):
                 if mine:
-                    late = await asyncio.to_thread(cache.get_many, mine)
-                    self._take_late(late, pending, scores)
-                    to_send = [pending[key] for key in mine if key not in late]
-                    if to_send:
-                        result = await self._reranker.ascore_texts(to_send, on_batch=stored)
-                        unsent = self._unsent(result, scores)
-                        if unsent:
-                            await asyncio.to_thread(self._keep, unsent, key_of, scores)
-                    for key in mine:
-                        pending.pop(key, None)
+                    ours, elsewhere = (
+                        (mine, [])
+                        if claims is None
+                        else await asyncio.to_thread(_claim, claims, mine)
+                    )
+                    try:
+                        late = await asyncio.to_thread(cache.get_many, ours)
+                        self._take_late(late, pending, scores)
+                        to_send = [pending[key] for key in ours if key not in late]
+                        if to_send:
+                            result = await self._reranker.ascore_texts(to_send, on_batch=stored)
+                            unsent = self._unsent(result, scores)
+                            if unsent:
+                                await asyncio.to_thread(self._keep, unsent, key_of, scores)
+                        for key in ours:
+                            pending.pop(key, None)
+                    finally:
+                        if claims is not None and ours:
+                            await asyncio.to_thread(claims.release, ours)
+                    if claims is not None and elsewhere:
+                        landed = await asyncio.to_thread(wait_for_claimed, cache, claims, elsewhere)
+                        self._publish_landed(landed, pending, scores)
             for key, flight in theirs.items():
                 await flight.ajoin()
                 self._take_landed(key, flight, pending, scores)
@@ -244,7 +284,7 @@ class CachedReRanker(RerankMethods):
         on_batch: Callable[[BatchResult], None] | None,
     ) -> None:
         """Fill ``scores`` for ``pending`` (key -> text), sending each miss once."""
-        cache, flights = self._cache, self._flights
+        cache, flights, claims = self._cache, self._flights, self._claims
 
         def stored(batch: BatchResult) -> None:
             fresh = self._fresh(batch, key_of)
@@ -256,17 +296,28 @@ class CachedReRanker(RerankMethods):
         while pending:
             with flights.claim(list(pending)) as (mine, theirs):
                 if mine:
-                    # Another thread may have stored some of these since our first read.
-                    late = cache.get_many(mine)
-                    self._take_late(late, pending, scores)
-                    to_send = [pending[key] for key in mine if key not in late]
-                    if to_send:
-                        result = self._reranker.score_texts(to_send, on_batch=stored)
-                        unsent = self._unsent(result, scores)
-                        if unsent:
-                            self._keep(unsent, key_of, scores)
-                    for key in mine:
-                        pending.pop(key, None)
+                    # With claims, send only what no other process is sending.
+                    ours, elsewhere = (mine, []) if claims is None else _claim(claims, mine)
+                    try:
+                        # Another thread or process may have stored some since our first read.
+                        late = cache.get_many(ours)
+                        self._take_late(late, pending, scores)
+                        to_send = [pending[key] for key in ours if key not in late]
+                        if to_send:
+                            result = self._reranker.score_texts(to_send, on_batch=stored)
+                            unsent = self._unsent(result, scores)
+                            if unsent:
+                                self._keep(unsent, key_of, scores)
+                        for key in ours:
+                            pending.pop(key, None)
+                    finally:
+                        if claims is not None and ours:
+                            claims.release(ours)
+                    if claims is not None and elsewhere:
+                        # Local threads wait on this flight meanwhile; keys whose claimer
+                        # gave up stay pending, to be claimed next round.
+                        landed = wait_for_claimed(cache, claims, elsewhere)
+                        self._publish_landed(landed, pending, scores)
             for key, flight in theirs.items():
                 flight.join()
                 self._take_landed(key, flight, pending, scores)
@@ -323,6 +374,13 @@ class CachedReRanker(RerankMethods):
         self._cache.put_many(fresh, model=self._reranker.model)
         self._flights.publish(fresh)
         scores.update(unsent)
+
+    def _publish_landed(
+        self, landed: dict[str, float], pending: dict[str, str], scores: dict[str, float]
+    ) -> None:
+        """Take scores another process fetched, and hand them to this process's waiters."""
+        self._flights.publish(landed)
+        self._take_late(landed, pending, scores)
 
     @staticmethod
     def _take_late(
@@ -393,6 +451,12 @@ def _flights_for(cache: ScoreStore) -> SingleFlight:
         except TypeError:  # a store that cannot be weakly referenced: this reranker's own
             flights = SingleFlight()
         return flights
+
+
+def _claim(claims: Claims, keys: list[str]) -> tuple[list[str], list[str]]:
+    """Claim ``keys``: those to send (in order) and those another process is sending."""
+    held = claims.claim(keys)
+    return [key for key in keys if key in held], [key for key in keys if key not in held]
 
 
 def _split(

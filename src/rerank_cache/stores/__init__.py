@@ -15,6 +15,8 @@ Modules, lowest first (each imports only modules above it in this list):
 * ``safedisk``: ``SafeDisk``, the diskcache serialisation that never unpickles.
 * ``sqlite``: every SQL statement on diskcache's tables and our counters table.
 * ``disk``: ``ScoreCache``, the store on diskcache, and ``read_stats``.
+* ``claims``: cross-process claims on in-flight pairs (``CachedReRanker(claims=True)``),
+  a table beside the disk store's scores.
 * ``redis_format``: the Redis store's key layout, parsing and URL redaction (no redis-py).
 * ``redis``: ``RedisScoreCache``, the store on Redis (needs the optional redis-py).
 

@@ -24,11 +24,15 @@ from typing import Any
 from ..keys import HASH_DIGITS, KEY_PREFIX, key_range, model_of
 
 __all__ = [
+    "CLAIMS_TABLE",
     "COUNTERS_TABLE",
+    "CREATE_CLAIMS_TABLE",
     "CREATE_COUNTERS_TABLE",
     "DELETE_CHUNK",
     "add_counters",
     "add_counters_to",
+    "claim_keys",
+    "claimed_keys",
     "count_rows",
     "count_scores",
     "count_unsafe",
@@ -45,6 +49,7 @@ __all__ = [
     "live_scores_after",
     "lock_and_release",
     "read_counters",
+    "release_keys",
     "reset_count_settings",
     "set_busy_timeout",
     "tidy_expired",
@@ -160,19 +165,21 @@ def get_entries(
     return found
 
 
-def live_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
-    """Which of ``keys`` are stored and live."""
-    live: set[str] = set()
+def _keys_where(
+    con: sqlite3.Connection, table: str, keys: list[str], condition: str, args: tuple[Any, ...]
+) -> set[str]:
+    """Which of ``keys`` have a row in ``table`` meeting ``condition`` (bound to ``args``)."""
+    found: set[str] = set()
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
-        live.update(
-            row[0]
-            for row in con.execute(
-                f"SELECT key FROM Cache WHERE key IN ({marks}) AND raw = 1 AND {_LIVE}",
-                (*chunk, now),
-            )
-        )
-    return live
+        sql = f"SELECT key FROM {table} WHERE key IN ({marks}) AND {condition}"
+        found.update(row[0] for row in con.execute(sql, (*chunk, *args)))
+    return found
+
+
+def live_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
+    """Which of ``keys`` are stored and live."""
+    return _keys_where(con, "Cache", keys, f"raw = 1 AND {_LIVE}", (now,))
 
 
 def upsert_scores(
@@ -475,3 +482,64 @@ def entries(
         oldest[0] if oldest else None,
         newest[0] if newest else None,
     )
+
+
+# -- claims on in-flight pairs (stores/claims.py) --------------------------------------------
+
+#: Keys one process is fetching from DashScope, so other processes wait for its scores
+#: instead of sending the same pairs. Tiny and short-lived: a row lives from a claim to the
+#: write of its score (or to ``until``, when the claimer died).
+CLAIMS_TABLE = "RerankCacheClaims"
+CREATE_CLAIMS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {CLAIMS_TABLE} ("
+    " key TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID"
+)
+
+
+def claim_keys(
+    con: sqlite3.Connection, keys: list[str], owner: str, now: float, until: float
+) -> set[str]:
+    """Claim ``keys`` for ``owner`` until ``until`` in one write transaction; return the keys
+    ``owner`` holds now (claimed here, or already its own). Claims past their ``until`` are
+    deleted first, so a dead claimer's keys are taken over."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        # Only the keys asked for: their expired claims are the ones in the way.
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            con.execute(
+                f"DELETE FROM {CLAIMS_TABLE} WHERE key IN ({marks}) AND until <= ?", (*chunk, now)
+            )
+        con.executemany(
+            f"INSERT OR IGNORE INTO {CLAIMS_TABLE} (key, owner, until) VALUES (?, ?, ?)",
+            [(key, owner, until) for key in keys],
+        )
+        held = _keys_where(con, CLAIMS_TABLE, keys, "owner = ?", (owner,))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return held
+
+
+def claimed_keys(con: sqlite3.Connection, keys: list[str], now: float) -> set[str]:
+    """Which of ``keys`` someone holds a live claim on (a read, no lock)."""
+    return _keys_where(con, CLAIMS_TABLE, keys, "until > ?", (now,))
+
+
+def release_keys(con: sqlite3.Connection, keys: list[str], owner: str, now: float) -> None:
+    """Drop ``owner``'s claims on ``keys`` and any claim already expired, in one transaction
+    (expired rows of keys nobody asks for again are swept here)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            con.execute(
+                f"DELETE FROM {CLAIMS_TABLE} WHERE key IN ({marks}) AND owner = ?",
+                (*chunk, owner),
+            )
+        con.execute(f"DELETE FROM {CLAIMS_TABLE} WHERE until <= ?", (now,))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -1,0 +1,231 @@
+"""Claims on in-flight pairs: processes sharing a disk store with ``claims=True`` send each
+pair once; a dead claimer's keys are taken over after the lease; claims off changes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from dashscope.api_entities.aio_session import close_shared_aio_session
+from freezegun import freeze_time
+
+from rerank_cache import CachedReRanker, ConfigurationError, QwenReRanker, ScoreCache
+from rerank_cache.keys import KeyBuilder
+from rerank_cache.stores.claims import DiskClaims, wait_for_claimed
+from rerank_cache.stores.redis import RedisScoreCache
+from rerank_cache.testing import DashScopeServer
+
+from .helpers import API_KEY, SRC
+from .redis_fixture import RedisServer
+
+TEXTS = [f"document number {i} about vector databases" for i in range(12)]
+
+
+def _keys(reranker: QwenReRanker | CachedReRanker, texts: list[str]) -> list[str]:
+    return KeyBuilder(
+        reranker.model, reranker.instruct, reranker.query, scorer=reranker.scorer_id
+    ).keys(texts)
+
+
+def _sent(server: DashScopeServer) -> Counter[tuple[str | None, str]]:
+    """Each (query, document) the server answered, with how many times."""
+    return Counter(
+        (r.query, doc) for r in server.requests_log if r.status == 200 for doc in r.documents
+    )
+
+
+def test_claims_off_by_default(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> None:
+    """A CachedReRanker claims nothing unless asked, and its copies neither."""
+    reranker = CachedReRanker(make_reranker(), cache)
+    assert reranker.claims is None
+    assert reranker.with_query("other").claims is None
+
+
+def test_claims_need_a_disk_store(
+    make_reranker: Callable[..., QwenReRanker], redis_server: RedisServer
+) -> None:
+    """claims=True on a store without claims (Redis, for now) is a configuration error."""
+    with (
+        RedisScoreCache(redis_server.url, namespace="claims") as store,
+        pytest.raises(ConfigurationError, match="disk store"),
+    ):
+        CachedReRanker(make_reranker(), store, claims=True)
+
+
+@pytest.mark.asyncio
+async def test_claiming_reranker_sends_and_releases(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, server: DashScopeServer
+) -> None:
+    """With claims on, one process's misses are sent once, and no claim outlives the call."""
+    reranker = CachedReRanker(make_reranker(), cache, claims=True)
+    copy = reranker.with_query("another query")
+    assert copy.claims is reranker.claims
+    assert set(reranker.score_texts(TEXTS).scores) == set(TEXTS)
+    try:
+        assert set((await copy.ascore_texts(TEXTS)).scores) == set(TEXTS)
+    finally:
+        await close_shared_aio_session()
+    assert reranker.score_texts(TEXTS).batches == ()
+    assert set(_sent(server).values()) == {1}
+    assert len(_sent(server)) == 2 * len(TEXTS)
+    assert reranker.claims is not None
+    assert reranker.claims.held(_keys(reranker, TEXTS) + _keys(copy, TEXTS)) == set()
+
+
+def test_a_live_claim_is_not_taken(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> None:
+    """A key another process claimed is not ours until its lease ends."""
+    keys = _keys(make_reranker(), TEXTS[:3])
+    db = cache.directory / "cache.db"
+    with freeze_time("2026-06-01 12:00:00") as clock:
+        other, me = DiskClaims(db, lease=60), DiskClaims(db, lease=60)
+        assert other.claim(keys) == set(keys)
+        assert other.claim(keys) == set(keys)  # claiming again what one holds is fine
+        assert me.claim([*keys, "free key"]) == {"free key"}
+        me.release(keys)  # not ours: nothing happens
+        clock.tick(59)
+        assert me.claim(keys) == set()
+        assert me.held(keys) == set(keys)
+        clock.tick(2)
+        assert me.held(keys) == set()
+        assert me.claim(keys) == set(keys)
+
+
+def test_a_dead_claimers_keys_are_taken_over_after_the_lease(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache, server: DashScopeServer
+) -> None:
+    """Keys claimed by a process that died are sent by another once the lease has passed."""
+    reranker = CachedReRanker(make_reranker(), cache, claims=True, claim_lease=60)
+    keys = _keys(reranker, TEXTS)
+    # The dead process claimed two hours ago with a one-minute lease.
+    with freeze_time(datetime.now(timezone.utc) - timedelta(hours=2)):
+        assert DiskClaims(cache.directory / "cache.db", lease=60).claim(keys) == set(keys)
+    result = reranker.score_texts(TEXTS)
+    assert set(result.scores) == set(TEXTS)
+    assert Counter(doc for _, doc in _sent(server).elements()) == Counter(TEXTS)
+
+
+def test_waiting_takes_the_score_that_lands(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> None:
+    """A waiter returns the scores the claimer stores, without claiming them itself."""
+    keys = _keys(make_reranker(), TEXTS[:2])
+    claimer = DiskClaims(cache.directory / "cache.db", lease=60)
+    waiter = DiskClaims(cache.directory / "cache.db", lease=60)
+    assert claimer.claim(keys) == set(keys)
+    polls: list[float] = []
+
+    def claimer_lands(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3:
+            cache.put_many({keys[0]: 0.25, keys[1]: 0.75}, model="m")
+            claimer.release(keys)
+
+    found = wait_for_claimed(cache, waiter, keys, sleep=claimer_lands)
+    assert found == {keys[0]: 0.25, keys[1]: 0.75}
+    assert len(polls) == 3
+    assert polls[0] < polls[1] < polls[2]  # the pause grows
+
+
+def test_waiting_gives_keys_back_when_the_claim_expires(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> None:
+    """A waiter stops once the claim has expired without a score: the key is its to claim."""
+    keys = _keys(make_reranker(), TEXTS[:1])
+    db = cache.directory / "cache.db"
+    with freeze_time("2026-06-01 12:00:00") as clock:
+        assert DiskClaims(db, lease=60).claim(keys) == set(keys)
+        waiter = DiskClaims(db, lease=60)
+
+        def pass_half_a_lease(seconds: float) -> None:
+            clock.tick(31)
+
+        assert wait_for_claimed(cache, waiter, keys, sleep=pass_half_a_lease) == {}
+        assert waiter.claim(keys) == set(keys)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import random, sys
+    sys.path.insert(0, sys.argv[1])
+    from rerank_cache import CachedReRanker, QwenReRanker, ScoreCache
+
+    directory, base_url, api_key, me, claims = sys.argv[2:7]
+    texts = [f"shared document {i}" for i in range(40)]
+    cache = ScoreCache(directory)
+    base = CachedReRanker(
+        QwenReRanker("q0", rerank_field="content", api_key=api_key, base_url=base_url),
+        cache, claims=claims == "on",
+    )
+    rng = random.Random(int(me))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for round in range(6):
+        query = f"q{round}"
+        mine = rng.sample(texts, 25)
+        base.with_query(query).score_texts(mine)
+    cache.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_with_claims_send_each_pair_once(tmp_path: Path) -> None:
+    """Three processes racing over the same pairs with claims on: the server sees each once,
+    and the store counts no duplicate send."""
+    directory = tmp_path / "shared"
+    ScoreCache(directory).close()
+    with DashScopeServer(latency=0.05) as server:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD,
+                    SRC,
+                    str(directory),
+                    server.base_url,
+                    API_KEY,
+                    str(i),
+                    "on",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(3)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready", proc.communicate()[1]
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for proc in procs:
+                out, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err[-3000:]
+                assert out.strip() == "done"
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        sent = _sent(server)
+    assert sent, "nothing was sent"
+    assert {pair: n for pair, n in sent.items() if n > 1} == {}
+    with ScoreCache(directory) as cache:
+        assert cache.stats().duplicate_sends == 0
+        assert cache.stats().entries == len(sent)
