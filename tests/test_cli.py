@@ -545,8 +545,10 @@ def test_interrupt_message_gets_its_own_line(
     assert shown.endswith(
         "\nrerank-cache: error: interrupted; everything finished before the interruption is kept\n"
     )
+    # Every document DashScope was sent is kept; how many lines started before the Ctrl-C
+    # depends on scheduling (a queued line is not started after an interrupt).
     with ScoreCache(env) as cache:
-        assert cache.stats().entries == server.stats.documents == 24
+        assert cache.stats().entries == server.stats.documents
 
 
 # -- rough edges (issue 14, item 6) ---------------------------------------------------------
