@@ -26,7 +26,7 @@ from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
 from .singleflight import Flight, SingleFlight
-from .stores.base import ScoreStore
+from .stores.protocols import ScoreStore
 
 __all__ = ["CachedReRanker"]
 
