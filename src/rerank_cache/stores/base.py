@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
@@ -188,19 +188,10 @@ class StoreBase:
         wanted = keys if isinstance(keys, list) else list(keys)
         if not wanted:
             return {}
-        if self._is_down():
-            self._skip("read")
-            return {}
-        try:
-            if self._memory is None:
-                found = self._read_scores(wanted)
-            else:
-                found = self._read_through(self._memory, wanted)
-        except self._failures as exc:
-            self._store_error("read", exc)
-            return {}
-        self._reachable()
-        return found
+        memory = self._memory
+        if memory is None:
+            return self._read_failing_open("read", lambda: self._read_scores(wanted))
+        return self._read_failing_open("read", lambda: self._read_through(memory, wanted))
 
     def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
         """Look up scores live or expired less than ``stale_ttl`` ago, in one batch.
@@ -212,13 +203,20 @@ class StoreBase:
         wanted = list(keys)
         if not wanted or self._stale_ttl is None:
             return {}
+        return self._read_failing_open("stale read", lambda: self._read_stale_scores(wanted))
+
+    def _read_failing_open(
+        self, what: str, read: Callable[[], dict[str, float]]
+    ) -> dict[str, float]:
+        """Run ``read`` unless the backend is down; storage trouble is logged, counted, and
+        reads as nothing found."""
         if self._is_down():
-            self._skip("stale read")
+            self._skip(what)
             return {}
         try:
-            found = self._read_stale_scores(wanted)
+            found = read()
         except self._failures as exc:
-            self._store_error("stale read", exc)
+            self._store_error(what, exc)
             return {}
         self._reachable()
         return found

@@ -34,9 +34,9 @@ from . import sqlite
 from .disk_admin import (
     FAILURES,
     DiskAdmin,
-    checked_settings,
     corrupt_message,
     is_corruption,
+    is_lock_wait,
     quarantine,
 )
 from .flusher import CounterWriter
@@ -55,6 +55,36 @@ DEFAULT_SIZE_LIMIT = 2**30
 _MIN_OPEN_WAIT = 2.0
 # Changed by every clear, so other processes' memory tiers forget (see StoreBase).
 _GENERATION_FILE = "generation"
+
+
+def _settings_message(db: Path, problems: Mapping[int, str]) -> str:
+    listed = "; ".join(sorted(problems.values())[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return (
+        f"refusing the cache in {db.parent}: its settings table holds rows this store never "
+        f"writes ({listed}{more}); something else wrote them. Run "
+        f"`rerank-cache --cache-dir {db.parent} check --fix` to remove them."
+    )
+
+
+def _checked_settings(db: Path, timeout: float) -> None:
+    """Refuse a ``cache.db`` whose ``Settings`` rows diskcache would apply unchecked.
+
+    Read on a read-only connection of our own, before diskcache opens the file.
+
+    Raises:
+        CacheError: an unknown row, or a value of the wrong type.
+        sqlite3.DatabaseError: the file is damaged (the caller decides what then).
+    """
+    if not db.exists():
+        return
+    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        problems = sqlite.unsafe_settings(con)
+    finally:
+        con.close()
+    if problems:
+        raise CacheError(_settings_message(db, problems))
 
 
 class ScoreCache(DiskAdmin):
@@ -188,7 +218,7 @@ class ScoreCache(DiskAdmin):
         try:
             sqlite.lock_and_release(con)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if is_lock_wait(exc):
                 raise diskcache.Timeout from None
             raise
         finally:
@@ -196,7 +226,7 @@ class ScoreCache(DiskAdmin):
 
     def _open_once(self) -> diskcache.Cache:
         self._wait_for_writers()
-        checked_settings(self._directory / "cache.db", self._open_timeout)
+        _checked_settings(self._directory / "cache.db", self._open_timeout)
         cache = diskcache.Cache(
             str(self._directory),
             timeout=self._timeout,

@@ -4,7 +4,7 @@
 ``rerank-cache`` command uses (the :class:`~rerank_cache.stores.protocols.AdminStore`
 methods beyond the request path), with the few steps it shares with the request path (the
 connection, the stale window, the generation bump, eviction). Here too: reading a cache's
-stats without opening it (:func:`read_stats`), refusing and repairing settings rows that
+stats without opening it (:func:`read_stats`), repairing the settings rows that
 diskcache would apply unchecked, and turning SQLite's failures into errors that say what
 to do. The SQL itself is in :mod:`rerank_cache.stores.sqlite`; opening and the request path
 are in :mod:`rerank_cache.stores.disk`.
@@ -33,9 +33,9 @@ from .stats import CacheStats, CheckReport, build_stats
 __all__ = [
     "FAILURES",
     "DiskAdmin",
-    "checked_settings",
     "corrupt_message",
     "is_corruption",
+    "is_lock_wait",
     "quarantine",
     "read_stats",
     "repair_settings",
@@ -113,41 +113,16 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return type(exc) is sqlite3.DatabaseError  # OperationalError & co. are subclasses
 
 
+def is_lock_wait(exc: BaseException) -> bool:
+    """True when SQLite gave up waiting for another connection's lock."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def corrupt_message(db: Path, exc: BaseException) -> str:
     return (
         f"the cache file {db} is damaged ({exc}). Scores can always be re-fetched: run "
         f"`rerank-cache --cache-dir {db.parent} check --fix`, or move the directory away."
     )
-
-
-def _settings_message(db: Path, problems: Mapping[int, str]) -> str:
-    listed = "; ".join(sorted(problems.values())[:3])
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return (
-        f"refusing the cache in {db.parent}: its settings table holds rows this store never "
-        f"writes ({listed}{more}); something else wrote them. Run "
-        f"`rerank-cache --cache-dir {db.parent} check --fix` to remove them."
-    )
-
-
-def checked_settings(db: Path, timeout: float) -> None:
-    """Refuse a ``cache.db`` whose ``Settings`` rows diskcache would apply unchecked.
-
-    Read on a read-only connection of our own, before diskcache opens the file.
-
-    Raises:
-        CacheError: an unknown row, or a value of the wrong type.
-        sqlite3.DatabaseError: the file is damaged (the caller decides what then).
-    """
-    if not db.exists():
-        return
-    con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=timeout)
-    try:
-        problems = sqlite.unsafe_settings(con)
-    finally:
-        con.close()
-    if problems:
-        raise CacheError(_settings_message(db, problems))
 
 
 def repair_settings(directory: str | os.PathLike[str]) -> list[str]:
@@ -185,7 +160,7 @@ def _maintenance_error(db: Path, what: str, exc: BaseException) -> CacheError:
     """A maintenance failure as an error of ours, saying what to do."""
     if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
         return CorruptCacheError(corrupt_message(db, exc))
-    if isinstance(exc, diskcache.Timeout) or "locked" in str(exc) or "busy" in str(exc):
+    if isinstance(exc, diskcache.Timeout) or is_lock_wait(exc):
         return CacheError(
             f"{what} gave up: the cache in {db.parent} stayed locked by another process; "
             "try again when it is less busy"

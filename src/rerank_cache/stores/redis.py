@@ -36,6 +36,7 @@ it is exactly that; anything else under our keys reads as a miss and is reported
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -69,6 +70,7 @@ from .redis_format import (
     Bucket,
     bucket_field,
     encode_score,
+    live_entry,
     parse_entry,
     parse_score,
     redact_url,
@@ -91,6 +93,15 @@ def _queue_counters(pipe: Any, key: str, counters: Mapping[str, Mapping[str, int
         for name, value in deltas.items():
             if value:
                 pipe.hincrby(key, f"{name}:{model}", value)
+
+
+def _write_counters(
+    client: Any, key: str, counters: Mapping[str, Mapping[str, int]], *, transaction: bool
+) -> None:
+    """Add ``counters`` to the counters hash ``key`` in one pipeline (MULTI if ``transaction``)."""
+    pipe = client.pipeline(transaction=transaction)
+    _queue_counters(pipe, key, counters)
+    pipe.execute()
 
 
 class RedisScoreCache(RedisAdmin):
@@ -262,9 +273,7 @@ class RedisScoreCache(RedisAdmin):
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
         del wait  # a socket timeout bounds every call already
-        pipe = self._client.pipeline(transaction=self._transaction)
-        self._queue_counters(pipe, pending)
-        pipe.execute()
+        _write_counters(self._client, self._counters_key, pending, transaction=self._transaction)
 
     def _release(self) -> None:
         if self._owns_client:
@@ -314,16 +323,9 @@ class RedisScoreCache(RedisAdmin):
         ttls = replies[-len(names) :]
         found: dict[str, tuple[float, float | None]] = {}
         for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
-            entry = parse_entry(raw)
-            if entry is None or ttl_ms == -2:
-                continue
-            value, real_expiry_ms = entry
-            if real_expiry_ms is not None:  # kept past its ttl for on_error="stale"
-                if real_expiry_ms <= now * 1000:
-                    continue  # expired: only a stale read may have it
-                found[key] = (value, real_expiry_ms / 1000)
-            else:
-                found[key] = (value, None if ttl_ms == -1 else now + ttl_ms / 1000)
+            entry = live_entry(raw, ttl_ms, now)
+            if entry is not None:
+                found[key] = entry
         return generation, found
 
     def _write_scores(
@@ -363,14 +365,9 @@ class RedisScoreCache(RedisAdmin):
         _queue_counters(pipe, self._counters_key, counters)
 
     def _counter_writer(self) -> CounterWriter:
-        client, key, transaction = self._client, self._counters_key, self._transaction
-
-        def write(counters: Mapping[str, Counter[str]]) -> None:
-            pipe = client.pipeline(transaction=transaction)
-            _queue_counters(pipe, key, counters)
-            pipe.execute()
-
-        return write
+        return functools.partial(
+            _write_counters, self._client, self._counters_key, transaction=self._transaction
+        )
 
     def _uncount(self, bucket: str, n: int) -> None:
         try:

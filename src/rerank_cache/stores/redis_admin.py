@@ -11,6 +11,7 @@ request path fails open. Connecting, failing open, reads and writes are in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -30,8 +31,8 @@ from .redis_format import (
     encode_score,
     expiry_bucket_field,
     live_entries,
+    live_entry,
     parse_counters,
-    parse_entry,
     text,
 )
 from .stats import CacheStats, CheckReport, build_stats
@@ -108,11 +109,17 @@ class RedisAdmin(StoreBase):
             (0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))),
         )
 
-    def _unavailable(self, exc: BaseException) -> CacheError:
-        return CacheError(
-            f"cannot use Redis at {self.location} ({self._describe(exc)}). Check that "
-            "redis-server is running and reachable, and the URL."
-        )
+    @contextlib.contextmanager
+    def _raising(self) -> Iterator[None]:
+        """Turn storage trouble into a :class:`CacheError` that says what to check (the
+        maintenance methods raise where the request path fails open)."""
+        try:
+            yield
+        except self._failures as exc:
+            raise CacheError(
+                f"cannot use Redis at {self.location} ({self._describe(exc)}). Check that "
+                "redis-server is running and reachable, and the URL."
+            ) from None
 
     def ping(self) -> None:
         """Check that Redis answers.
@@ -121,10 +128,8 @@ class RedisAdmin(StoreBase):
             CacheError: Redis cannot be reached or refused the connection (the message
                 names the location, never the password).
         """
-        try:
+        with self._raising():
             self._client.ping()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
         self._reachable()
 
     # -- maintenance (these raise CacheError when Redis cannot be used) --------------------
@@ -141,10 +146,8 @@ class RedisAdmin(StoreBase):
         Raises:
             CacheError: Redis cannot be reached.
         """
-        try:
+        with self._raising():
             counters_raw, entries_raw, size = self._stats_replies()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
         now_ms = int(time.time() * 1000)
         counters = parse_counters(counters_raw)
         for model, deltas in self._pending_here().items():
@@ -161,25 +164,24 @@ class RedisAdmin(StoreBase):
             CacheError: Redis cannot be reached.
         """
         deleted = 0
-        try:
-            for batch in scan_batches(self._client, self._score_pattern(model)):
-                deleted += int(self._client.unlink(*batch))
-            if model is None:
-                self._client.delete(self._entries_key)
-            else:
-                fields = [
-                    field
-                    for field in self._client.hkeys(self._entries_key)
-                    if (b := Bucket.parse(field)) is not None and b.model == model
-                ]
-                if fields:
-                    self._client.hdel(self._entries_key, *fields)
-            # After the deletes: a process that reads the new generation reads no old score.
-            self._client.incr(self._generation_key)
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-        finally:
-            self._cleared()
+        with self._raising():
+            try:
+                for batch in scan_batches(self._client, self._score_pattern(model)):
+                    deleted += int(self._client.unlink(*batch))
+                if model is None:
+                    self._client.delete(self._entries_key)
+                else:
+                    fields = [
+                        field
+                        for field in self._client.hkeys(self._entries_key)
+                        if (b := Bucket.parse(field)) is not None and b.model == model
+                    ]
+                    if fields:
+                        self._client.hdel(self._entries_key, *fields)
+                # After the deletes: whoever reads the new generation reads no old score.
+                self._client.incr(self._generation_key)
+            finally:
+                self._cleared()
         return deleted
 
     def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
@@ -189,7 +191,7 @@ class RedisAdmin(StoreBase):
         Raises:
             CacheError: Redis cannot be reached.
         """
-        try:
+        with self._raising():
             for batch in scan_batches(self._client, self._score_pattern(model)):
                 pipe = self._client.pipeline(transaction=False)
                 for name in batch:
@@ -198,18 +200,11 @@ class RedisAdmin(StoreBase):
                 replies = pipe.execute(raise_on_error=False)
                 now = time.time()
                 for name, raw, pttl in zip(batch, replies[::2], replies[1::2], strict=True):
-                    entry = None if isinstance(raw, Exception) else parse_entry(raw)
+                    entry = live_entry(raw, pttl, now)
                     key = self._store_key(text(name))
-                    if entry is None or key is None or not isinstance(pttl, int) or pttl == -2:
+                    if entry is None or key is None:
                         continue  # unsafe (check reports it), or expired meanwhile
-                    score, real_expiry_ms = entry
-                    if real_expiry_ms is not None:  # kept for on_error="stale"
-                        if real_expiry_ms > now * 1000:
-                            yield key, score, real_expiry_ms / 1000
-                        continue
-                    yield key, score, None if pttl < 0 else now + pttl / 1000
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
+                    yield key, entry[0], entry[1]
 
     def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
         """Store ``(key, score, expires_at)`` rows, each keeping its own expiry (an import);
@@ -221,7 +216,7 @@ class RedisAdmin(StoreBase):
         now_ms = int(time.time() * 1000)
         width_ttl = self._ttl_ms or int(DEFAULT_TTL.total_seconds() * 1000)
         fields: list[str] = []
-        try:
+        with self._raising():
             pipe = self._client.pipeline(transaction=self._transaction)
             for key, value, expires in rows:
                 expire_ms = None if expires is None else math.ceil(expires * 1000)
@@ -240,8 +235,6 @@ class RedisAdmin(StoreBase):
                 for field, n in new.items():
                     counts.hincrby(self._entries_key, field, n)
                 counts.execute()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
         return len(fields)
 
     def expire(self, now: float | None = None, *, model: str | None = None) -> int:
@@ -276,7 +269,7 @@ class RedisAdmin(StoreBase):
         Raises:
             CacheError: Redis cannot be reached.
         """
-        try:
+        with self._raising():
             return check_namespace(
                 self._client,
                 pattern=self._score_pattern(None),
@@ -288,8 +281,6 @@ class RedisAdmin(StoreBase):
                 transaction=self._transaction,
                 fix=fix,
             )
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
 
 
 def _build_stats(

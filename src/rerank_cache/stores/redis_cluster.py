@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from ..keys import HASH_DIGITS, QUERY_TAG_DIGITS, key_head, query_tag
 from .flusher import CounterWriter
-from .redis import _UNREACHABLE, RedisScoreCache, _queue_counters
+from .redis import _UNREACHABLE, RedisScoreCache, _write_counters
 from .redis_admin import GLOB_SPECIAL
 from .redis_format import CLUSTER_SCHEMES
 
@@ -99,10 +99,7 @@ class RedisClusterScoreCache(RedisScoreCache):
         lazy, key = self._lazy, self._counters_key
 
         def write(counters: Mapping[str, Counter[str]]) -> None:
-            client: Any = lazy.get()
-            pipe = client.pipeline(transaction=False)
-            _queue_counters(pipe, key, counters)
-            pipe.execute()
+            _write_counters(lazy.get(), key, counters, transaction=False)
 
         return write
 
