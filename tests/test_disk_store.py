@@ -239,11 +239,11 @@ def test_damage_inside_the_file_fails_open_and_check_fix_repairs(
 
 def test_only_real_corruption_counts_as_damage() -> None:
     """Locks and I/O errors are not mistaken for a damaged file."""
-    from rerank_cache.stores.disk import _is_corruption
+    from rerank_cache.stores.disk_admin import is_corruption
 
-    assert _is_corruption(sqlite3.DatabaseError("file is not a database"))
-    assert not _is_corruption(sqlite3.OperationalError("database is locked"))
-    assert not _is_corruption(sqlite3.OperationalError("disk I/O error"))
+    assert is_corruption(sqlite3.DatabaseError("file is not a database"))
+    assert not is_corruption(sqlite3.OperationalError("database is locked"))
+    assert not is_corruption(sqlite3.OperationalError("disk I/O error"))
 
 
 def test_all_hits_never_wait_for_a_lock(

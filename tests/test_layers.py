@@ -27,8 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     # 1 pure decisions and contracts
     (
-        "planning", "ratelimit", "client.retry", "stores.base", "stores.sqlite",
-        "stores.redis_format",
+        "planning", "ratelimit", "client.retry", "stores.protocols", "stores.flusher",
+        "stores.base", "stores.sqlite", "stores.redis_format",
     ),
     # 2 the seams the rerankers meet at, and what a response means
     ("base", "client.responses", "stores.redis_check"),

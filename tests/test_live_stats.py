@@ -19,7 +19,7 @@ import pytest
 
 from rerank_cache import ScoreCache
 from rerank_cache.cli import main
-from rerank_cache.stores.disk import read_stats
+from rerank_cache.stores.disk_admin import read_stats
 
 from .redis_fixture import RedisServer
 

@@ -32,9 +32,10 @@ from .keys import score_key
 from .planning import ModelLimits, estimate_tokens, limits_for
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
-from .stores.base import ScoreStore
-from .stores.disk import ScoreCache, read_stats
+from .stores.disk import ScoreCache
+from .stores.disk_admin import read_stats
 from .stores.open import default_cache_dir
+from .stores.protocols import ScoreStore
 from .stores.stats import CacheStats, ModelStats
 from .warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 

@@ -26,8 +26,8 @@ from .errors import DashScopeError
 from .keys import KeyBuilder
 from .planning import Collected
 from .singleflight import Flight, SingleFlight
-from .stores.base import ScoreStore
 from .stores.claims import DEFAULT_LEASE, Claims, claims_for, wait_for_claimed
+from .stores.protocols import ScoreStore
 
 __all__ = ["CachedReRanker"]
 

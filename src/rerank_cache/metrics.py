@@ -4,7 +4,7 @@ One description of the metrics (:data:`STORE_COUNTERS` and the ``entries`` gauge
 ``rerank-cache stats --prometheus``, the proxy's ``/metrics`` and :class:`StoreCollector`,
 which a service registers with ``prometheus_client`` (``pip install
 'rerank-cache[prometheus]'``) to expose the store on its own ``/metrics``. Every number comes
-from :meth:`~rerank_cache.stores.base.ScoreStore.stats`, so it covers every process sharing
+from :meth:`~rerank_cache.stores.protocols.ScoreStore.stats`, so it covers every process sharing
 the store; each series has a ``model`` label.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .stores.base import ScoreStore
+from .stores.protocols import ScoreStore
 from .stores.stats import CacheStats
 
 if TYPE_CHECKING:

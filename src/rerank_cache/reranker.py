@@ -23,7 +23,7 @@ from .planning import Collected, ModelLimits, collect, limits_for
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .stores.base import ScoreStore
+    from .stores.protocols import ScoreStore
 
 #: "Not passed": None is a value some of these arguments take.
 _UNSET: Any = object()

@@ -38,7 +38,7 @@ from .planning import estimate_tokens, limits_for, prepare_text
 from .pricing import estimate_cost
 from .ratelimit import RateLimiter
 from .reranker import QwenReRanker
-from .stores.base import Purpose, ScoreStore
+from .stores.protocols import Purpose, ScoreStore
 from .stores.stats import CacheStats
 
 __all__ = [

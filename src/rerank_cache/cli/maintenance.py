@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import CorruptCacheError
-from ..stores.disk import ScoreCache, repair_settings
+from ..stores.disk import ScoreCache
+from ..stores.disk_admin import repair_settings
 from ..stores.stats import CheckReport
 from .errors import EXIT_FAILURE, EXIT_OK, FailureError
 from .target import Target, open_redis, open_store, require_writable

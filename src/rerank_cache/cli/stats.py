@@ -12,7 +12,7 @@ from typing import Any
 
 from ..metrics import render_store_metrics
 from ..pricing import CURRENCY, estimate_cost
-from ..stores.disk import read_stats
+from ..stores.disk_admin import read_stats
 from ..stores.stats import CacheStats
 from .errors import EXIT_OK
 from .target import Target, open_redis, require_writable

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from ..stores.base import AdminStore
 from ..stores.disk import ScoreCache
 from ..stores.open import default_cache_dir, resolve_cache_url
+from ..stores.protocols import AdminStore
 from .errors import FailureError
 
 if TYPE_CHECKING:

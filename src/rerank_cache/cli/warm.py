@@ -15,8 +15,8 @@ from typing import IO, Any
 
 from ..errors import DashScopeError
 from ..pricing import CURRENCY, PRICE_PER_MILLION_TOKENS
-from ..stores.base import ScoreStore
 from ..stores.disk import ScoreCache
+from ..stores.protocols import ScoreStore
 from ..warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 from .errors import EXIT_OK, FailureError, sigterm_as_interrupt
 from .progress import WarmProgress

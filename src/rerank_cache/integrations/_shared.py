@@ -28,8 +28,8 @@ from ..client.results import UsageTotals
 from ..doc import Doc
 from ..errors import NoDocumentsError
 from ..reranker import QwenReRanker
-from ..stores.base import ScoreStore
 from ..stores.disk import ScoreCache
+from ..stores.protocols import ScoreStore
 from ..urls import redact_url
 
 __all__ = ["CacheSetting", "CachedSettings", "Ranked", "Ranker", "open_ranker"]

@@ -1,276 +1,46 @@
-"""What every score store is, and the scaffolding every store shares.
+"""The scaffolding every score store shares: :class:`StoreBase`.
 
-* :class:`ScoreStore`: what the caching layer needs on the request path; never raises for
-  storage trouble. :class:`AdminStore` adds what the ``rerank-cache`` command needs.
-* :class:`StoreBase`: the part of a store that is not about its backend: the usage counters
-  kept in memory and flushed with the next write or by the process's background flush
-  thread, the flush of a store object collected without ``close()`` and of every open store
-  at interpreter exit, the context manager, and the fail-open logging. A backend supplies
-  the hooks (``_where``, ``_write_counters_now``, ``_counter_writer``, ``_release`` and,
-  when it has something to add, ``_failed``, ``_is_down``, ``_reachable``,
-  ``_background_done``).
-* The TTL argument both stores take (:data:`TTL_UNSET`, :func:`ttl_seconds`) and
-  :func:`finite_scores`, the one rule of what is worth storing.
+The part of a store that is not about its backend: the usage counters kept in memory and
+flushed with the next write or by the process's background flush
+(:mod:`rerank_cache.stores.flusher`), the flush of a store object collected without
+``close()``, the memory tier in front of the backend, the context manager, and the
+fail-open logging. A backend supplies the hooks (``_where``, ``_read_scores``,
+``_read_stale_scores``, ``_read_entries``, ``_write_scores``, ``_write_counters_now``,
+``_counter_writer``, ``_release`` and, when it has something to add, ``_failed``,
+``_is_down``, ``_reachable``, ``_background_done``). What a store is (the protocols) is in
+:mod:`rerank_cache.stores.protocols`.
 
 Nothing concrete is imported here: no diskcache, no redis.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import math
-import os
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, TypeVar
 
 from .counters import PendingCounters
+from .flusher import (
+    CounterWriter,
+    ensure_running,
+    orphaned,
+    pending_elsewhere,
+    track,
+    untrack,
+)
 from .memory import MemoryTier
-from .stats import CacheStats, CheckReport
+from .protocols import DEFAULT_TTL, TTL_UNSET, Purpose, finite_scores, ttl_seconds
 
-__all__ = [
-    "DEFAULT_TTL",
-    "REDIS_SCHEMES",
-    "TTL_UNSET",
-    "AdminStore",
-    "CounterWriter",
-    "Purpose",
-    "ScoreStore",
-    "StoreBase",
-    "finite_scores",
-    "flush_due",
-    "ttl_seconds",
-]
+__all__ = ["StoreBase"]
 
 logger = logging.getLogger("rerank_cache")
 
-#: Default time to live of a cached score: 30 days. Scores of a model version do not
-#: change, but DashScope can update a model behind the same name; a month bounds the drift.
-DEFAULT_TTL = timedelta(days=30)
-#: The default of a store's ``ttl`` argument (``None`` means "never expire", so not None).
-TTL_UNSET: Any = object()
-#: URL schemes that name a Redis store: ``open`` picks the backend by them, and the Redis
-#: store refuses other URLs. Here, and not in either, so neither imports the other.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
 _Store = TypeVar("_Store", bound="StoreBase")
-
-#: Who looked pairs up or stored scores: an application (``"app"``: ``rerank``, ``arerank``,
-#: ``score_texts``) or a warming run (``"warm"``). Warming is counted apart, so hits, misses
-#: and the savings they imply describe the applications only.
-Purpose = Literal["app", "warm"]
-
-
-def ttl_seconds(ttl: float | timedelta | None, *, name: str = "ttl") -> float | None:
-    """Return a ``ttl`` argument as seconds (None: never expire).
-
-    Raises:
-        ValueError: not seconds, a ``timedelta`` or None; or not positive.
-
-    Example:
-        >>> ttl_seconds(timedelta(hours=1)), ttl_seconds(None)
-        (3600.0, None)
-    """
-    if ttl is None:
-        return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ValueError(f"{name} must be seconds, a timedelta or None, not {ttl!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{name} must be positive, got {ttl!r}")
-    return float(seconds)
-
-
-def finite_scores(scores: Mapping[str, Any]) -> dict[str, float]:
-    """The scores worth storing: finite numbers (not bools), as floats. Pure."""
-    return {
-        key: float(value)
-        for key, value in scores.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    }
-
-
-@runtime_checkable
-class ScoreStore(Protocol):
-    """A store of scores by key, as the caching layer uses it.
-
-    :class:`~rerank_cache.ScoreCache` (diskcache) and
-    :class:`~rerank_cache.stores.redis.RedisScoreCache` implement it (and
-    :class:`AdminStore`). Implementations never raise for storage trouble on the request
-    path (``get_many``, ``put_many``, ``record_*``): they fail open, log and count.
-    """
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
-        """Batched lookup; absent keys are misses. Never raises for storage trouble."""
-
-    def put_many(
-        self,
-        scores: Mapping[str, float],
-        *,
-        model: str,
-        api_requests: int = 0,
-        documents_sent: int = 0,
-        tokens_billed: int = 0,
-        purpose: Purpose = "app",
-    ) -> bool:
-        """Store scores and usage in one transaction; False when it failed open."""
-
-    def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
-        """Scores of ``keys`` that are live or past their ttl by less than the store's
-        ``stale_ttl`` (none without one). For ``on_error="stale"``; never raises."""
-
-    def record_lookup(
-        self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
-    ) -> None:
-        """Count pairs looked up (by an application, or by warming)."""
-
-    def record_stale(self, model: str, served: int) -> None:
-        """Count scores served stale because DashScope failed."""
-
-    def record_fallback(self, model: str) -> None:
-        """Count a rerank that fell back to retrieval order."""
-
-    def stats(self) -> CacheStats:
-        """Entries, hits, misses, usage and a per-model breakdown."""
-
-    def close(self) -> None:
-        """Flush counters and release connections (for whoever owns the store)."""
-
-
-@runtime_checkable
-class AdminStore(ScoreStore, Protocol):
-    """A :class:`ScoreStore` that can be maintained: what the ``rerank-cache`` command uses."""
-
-    def clear(self, model: str | None = None) -> int:
-        """Delete every score, or one model's; return how many."""
-
-    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
-        """Delete expired scores; return how many."""
-
-    def count(self, *, model: str | None = None, expired: bool = False) -> int:
-        """Count live (or expired) scores."""
-
-    def check(self, *, fix: bool = False) -> CheckReport:
-        """Check integrity; with ``fix``, repair what can be repaired."""
-
-    def flush_stats(self) -> None:
-        """Write counters kept in memory now (fails open)."""
-
-    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
-        """Every live score as ``(key, score, expires_at)``, in chunks (an export)."""
-
-    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
-        """Store rows each keeping its own expiry (an import); return how many."""
-
-    def __enter__(self) -> AdminStore:
-        """Use the store as a context manager; it closes on exit."""
-
-    def __exit__(self, *exc_info: object) -> Any:
-        """Close the store."""
-
-
-#: Writes pending counters through a store's backend without holding the store itself.
-CounterWriter = Callable[[Mapping[str, Counter[str]]], None]
-
-_OPEN: weakref.WeakSet[StoreBase] = weakref.WeakSet()
-#: Counters of store objects collected without close(): (where, pending, writer).
-_ORPHANS: list[tuple[str, PendingCounters, CounterWriter]] = []
-_ORPHANS_LOCK = threading.Lock()
-
-
-class _Flusher:
-    """The process's background flush: one daemon thread for every open store.
-
-    It wakes every ``stats_flush_interval`` (the shortest of the open stores, at most a
-    second) and writes the counters that are due, never waiting for another process's lock
-    (``wait=False``), so an idle or busy process shows its lookups to ``stats`` soon, and no
-    write happens on the caller's thread. A forked child starts its own on first use.
-    """
-
-    def __init__(self) -> None:
-        self.pid = -1
-        self.wake = threading.Event()
-        self.lock = threading.Lock()
-
-    def ensure(self) -> None:
-        """Start the thread in this process if it is not running."""
-        if self.pid == os.getpid():
-            return
-        with self.lock:
-            if self.pid == os.getpid():
-                return
-            self.wake = threading.Event()
-            thread = threading.Thread(target=self._run, name="rerank-cache-stats", daemon=True)
-            thread.start()
-            self.pid = os.getpid()
-
-    def _period(self) -> float:
-        intervals = [store._pending.flush_interval for store in list(_OPEN)]
-        return min([1.0, *intervals]) if intervals else 1.0
-
-    def _run(self) -> None:  # pragma: no cover - exercised through its effects
-        wake = self.wake
-        while True:
-            wake.wait(max(0.05, self._period()))
-            wake.clear()
-            try:
-                flush_due()
-            except Exception:  # the thread must outlive any one store's trouble
-                logger.debug("rerank-cache: background flush failed", exc_info=True)
-
-
-_FLUSHER = _Flusher()
-
-
-def flush_due() -> None:
-    """Write the counters of every store whose ``stats_flush_interval`` has passed, and those
-    of store objects collected without being closed. Never waits for a lock."""
-    _write_orphans(wait=False)
-    for store in list(_OPEN):
-        if store._pending.due():
-            store._flush(wait=False, background=True)
-
-
-def _write_orphans(*, wait: bool) -> None:
-    with _ORPHANS_LOCK:
-        orphans = list(_ORPHANS)
-    for orphan in orphans:
-        where, pending, write = orphan
-        taken = pending.take()
-        try:
-            if taken:
-                write(taken)
-        except Exception as exc:  # noqa: BLE001 - any backend failure: keep them for later
-            pending.restore(taken)
-            if wait:
-                logger.warning(
-                    "rerank-cache: could not write stats counters to %s (%s)", where, exc
-                )
-            continue
-        with _ORPHANS_LOCK:
-            if orphan in _ORPHANS:
-                _ORPHANS.remove(orphan)
-
-
-def _orphaned(where: str, pending: PendingCounters, write: CounterWriter) -> None:
-    """A store object was collected without close(): its counters go to the flusher."""
-    if not pending:
-        return
-    with _ORPHANS_LOCK:
-        _ORPHANS.append((where, pending, write))
-    _FLUSHER.wake.set()
-
-
-@atexit.register
-def _flush_open_stores() -> None:  # pragma: no cover - runs at interpreter exit
-    for store in list(_OPEN):
-        store.flush_stats()
-    _write_orphans(wait=True)
 
 
 class StoreBase:
@@ -311,12 +81,11 @@ class StoreBase:
     def _opened(self) -> None:
         """Register the store with the background flush, and flush its counters when the
         object is collected without close() (through the backend, not the store)."""
-        _OPEN.add(self)
         self._finalizer = weakref.finalize(
-            self, _orphaned, self._where, self._pending, self._counter_writer()
+            self, orphaned, self._where, self._pending, self._counter_writer()
         )
-        self._finalizer.atexit = False  # _flush_open_stores writes them at exit
-        _FLUSHER.ensure()
+        self._finalizer.atexit = False  # the flusher writes them at exit
+        track(self)
 
     @property
     def ttl(self) -> float | None:
@@ -419,19 +188,10 @@ class StoreBase:
         wanted = keys if isinstance(keys, list) else list(keys)
         if not wanted:
             return {}
-        if self._is_down():
-            self._skip("read")
-            return {}
-        try:
-            if self._memory is None:
-                found = self._read_scores(wanted)
-            else:
-                found = self._read_through(self._memory, wanted)
-        except self._failures as exc:
-            self._store_error("read", exc)
-            return {}
-        self._reachable()
-        return found
+        memory = self._memory
+        if memory is None:
+            return self._read_failing_open("read", lambda: self._read_scores(wanted))
+        return self._read_failing_open("read", lambda: self._read_through(memory, wanted))
 
     def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
         """Look up scores live or expired less than ``stale_ttl`` ago, in one batch.
@@ -443,13 +203,20 @@ class StoreBase:
         wanted = list(keys)
         if not wanted or self._stale_ttl is None:
             return {}
+        return self._read_failing_open("stale read", lambda: self._read_stale_scores(wanted))
+
+    def _read_failing_open(
+        self, what: str, read: Callable[[], dict[str, float]]
+    ) -> dict[str, float]:
+        """Run ``read`` unless the backend is down; storage trouble is logged, counted, and
+        reads as nothing found."""
         if self._is_down():
-            self._skip("stale read")
+            self._skip(what)
             return {}
         try:
-            found = self._read_stale_scores(wanted)
+            found = read()
         except self._failures as exc:
-            self._store_error("stale read", exc)
+            self._store_error(what, exc)
             return {}
         self._reachable()
         return found
@@ -538,7 +305,7 @@ class StoreBase:
             self._pending.add(model, looked_up)
         else:
             self._pending.add(model, {"hits": hits, "misses": misses})
-        _FLUSHER.ensure()
+        ensure_running()
 
     def record_fallback(self, model: str) -> None:
         """Count a rerank that fell back to retrieval order after an API failure."""
@@ -572,11 +339,7 @@ class StoreBase:
     def _pending_here(self) -> dict[str, Counter[str]]:
         """Counters not written yet of every store object of this process on this store."""
         merged: dict[str, Counter[str]] = {}
-        where = self._where
-        with _ORPHANS_LOCK:
-            pendings = [p for w, p, _ in _ORPHANS if w == where]
-        pendings += [s._pending for s in list(_OPEN) if s is not self and s._where == where]
-        for pending in [self._pending, *pendings]:
+        for pending in [self._pending, *pending_elsewhere(self)]:
             for model, deltas in pending.snapshot().items():
                 merged.setdefault(model, Counter()).update(deltas)
         return merged
@@ -628,7 +391,7 @@ class StoreBase:
             if self._finalizer is not None:
                 self._finalizer.detach()
             self._release()
-            _OPEN.discard(self)
+            untrack(self)
 
     def __enter__(self: _Store) -> _Store:
         return self

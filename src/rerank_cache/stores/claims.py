@@ -35,7 +35,7 @@ from typing import Protocol
 
 from ..errors import ConfigurationError
 from . import sqlite
-from .base import ScoreStore
+from .protocols import ScoreStore
 
 __all__ = ["DEFAULT_LEASE", "Claims", "DiskClaims", "claims_for", "wait_for_claimed"]
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from ..errors import CacheDirectoryError, ConfigurationError
-from .base import REDIS_SCHEMES, AdminStore
+from .protocols import REDIS_SCHEMES, AdminStore
 from .redis_format import CLUSTER_SCHEMES
 
 __all__ = [

@@ -1,6 +1,6 @@
 """``RedisScoreCache``: the score store on Redis, shared by a fleet of servers.
 
-The same :class:`~rerank_cache.stores.base.ScoreStore` as
+The same :class:`~rerank_cache.stores.protocols.ScoreStore` as
 :class:`~rerank_cache.stores.disk.ScoreCache`, with the same semantics, on a Redis server
 (6.2 or later) that many hosts share. Everything lives under a namespace (default
 ``rerank-cache``), so several applications can share one Redis; the layout, and the pure
@@ -36,14 +36,14 @@ it is exactly that; anything else under our keys reads as a miss and is reported
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import Hashable, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,34 +59,29 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..errors import CacheError, ConfigurationError
-from ..keys import HASH_DIGITS, key_head, model_of
-from .base import DEFAULT_TTL, REDIS_SCHEMES, TTL_UNSET, CounterWriter, StoreBase
+from ..errors import ConfigurationError
+from .flusher import CounterWriter
 from .memory import DEFAULT_MEMORY_ENTRIES
-from .redis_check import check_namespace, scan_batches
+from .protocols import REDIS_SCHEMES, TTL_UNSET
+from .redis_admin import RedisAdmin
 from .redis_format import (
     DEFAULT_NAMESPACE,
     NAMESPACE,
     Bucket,
     bucket_field,
     encode_score,
-    expiry_bucket_field,
-    live_entries,
-    parse_counters,
+    live_entry,
     parse_entry,
     parse_score,
     redact_url,
     split_namespace,
-    text,
     url_secrets,
 )
-from .stats import CacheStats, CheckReport, build_stats
 
 __all__ = ["DEFAULT_NAMESPACE", "REDIS_SCHEMES", "RedisScoreCache", "parse_score", "redact_url"]
 
 logger = logging.getLogger("rerank_cache")
 
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _PRUNE_EVERY = 600.0  # seconds between removals of expired entry buckets, per process
 _PRUNE_GRACE_MS = 3_600_000  # keep a bucket an hour past its end: clocks of hosts differ
 #: What counts as storage trouble (fails open); the first three mean Redis is unreachable.
@@ -100,10 +95,19 @@ def _queue_counters(pipe: Any, key: str, counters: Mapping[str, Mapping[str, int
                 pipe.hincrby(key, f"{name}:{model}", value)
 
 
-class RedisScoreCache(StoreBase):
+def _write_counters(
+    client: Any, key: str, counters: Mapping[str, Mapping[str, int]], *, transaction: bool
+) -> None:
+    """Add ``counters`` to the counters hash ``key`` in one pipeline (MULTI if ``transaction``)."""
+    pipe = client.pipeline(transaction=transaction)
+    _queue_counters(pipe, key, counters)
+    pipe.execute()
+
+
+class RedisScoreCache(RedisAdmin):
     """A store of rerank scores on Redis, shared by every process and host that uses it.
 
-    Implements :class:`~rerank_cache.stores.base.AdminStore` like
+    Implements :class:`~rerank_cache.stores.protocols.AdminStore` like
     :class:`~rerank_cache.stores.disk.ScoreCache`, so :class:`~rerank_cache.CachedReRanker` and
     the ``rerank-cache`` command work with either. Nothing connects until first use.
 
@@ -112,7 +116,8 @@ class RedisScoreCache(StoreBase):
             with ``?namespace=NAME``; or a ready ``redis.Redis`` client (its own timeouts
             and retries then apply, and :meth:`close` leaves it open).
         ttl: how long a score stays valid: seconds, a ``timedelta``, or None for never.
-            Redis expires the keys itself. Default :data:`~rerank_cache.stores.base.DEFAULT_TTL`.
+            Redis expires the keys itself. Default
+            :data:`~rerank_cache.stores.protocols.DEFAULT_TTL`.
         namespace: the key prefix that separates applications sharing a Redis (letters,
             digits, ``_ . -``); default the URL's ``namespace`` parameter, else
             :data:`~rerank_cache.stores.redis_format.DEFAULT_NAMESPACE`.
@@ -219,37 +224,8 @@ class RedisScoreCache(StoreBase):
 
     # -- properties ----------------------------------------------------------------------
 
-    @property
-    def location(self) -> str:
-        """Where the scores live, for messages: the URL without its password, and namespace."""
-        sep = "&" if urlsplit(self._url).query else "?"
-        return f"{self._url}{sep}namespace={self._namespace}"
-
-    @property
-    def namespace(self) -> str:
-        """The key prefix of this application's scores and counters."""
-        return self._namespace
-
     def __repr__(self) -> str:
         return f"RedisScoreCache({self.location!r}, ttl={self._ttl!r})"
-
-    def _score_key(self, key: str) -> str:
-        return self._score_prefix + key
-
-    def _store_key(self, name: str) -> str | None:
-        """The store key a Redis key name of our scores holds, or None if it is not one."""
-        return name[len(self._score_prefix) :] if name.startswith(self._score_prefix) else None
-
-    def _score_pattern(self, model: str | None) -> str:
-        """A ``SCAN`` pattern matching every score key of ``model`` (None: every model)."""
-        if model is None:
-            return self._score_prefix + "*"
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
-        return self._score_prefix + key_head(escaped) + "?" * HASH_DIGITS
-
-    def _meta_key(self, name: str) -> str:
-        """The Redis key of a namespace-wide structure (counters, entry buckets)."""
-        return f"{self._namespace}:{name}"
 
     def _connect(self, url: str, timeout: float) -> Any:
         """A client for ``url`` (checked to be one of ``_schemes``); may raise ValueError."""
@@ -264,25 +240,6 @@ class RedisScoreCache(StoreBase):
 
     def _describe_client(self, client: Any) -> str:
         return _describe_client(client)
-
-    def _mget(self, names: list[str]) -> list[Any]:
-        return list(self._client.mget(names))
-
-    def _stats_replies(self) -> tuple[Any, Any, int]:
-        """The raw counters and entries hashes, and the bytes Redis uses; may raise."""
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hgetall(self._counters_key)
-        pipe.hgetall(self._entries_key)
-        pipe.info("memory")
-        counters_raw, entries_raw, memory = pipe.execute(raise_on_error=False)
-        for result in (counters_raw, entries_raw):
-            if isinstance(result, Exception):
-                raise result
-        return (
-            counters_raw,
-            entries_raw,
-            (0 if isinstance(memory, Exception) else int(memory.get("used_memory", 0))),
-        )
 
     # -- failing open (StoreBase hooks) ---------------------------------------------------
 
@@ -316,33 +273,12 @@ class RedisScoreCache(StoreBase):
 
     def _write_counters_now(self, pending: Mapping[str, Counter[str]], *, wait: bool) -> None:
         del wait  # a socket timeout bounds every call already
-        pipe = self._client.pipeline(transaction=self._transaction)
-        self._queue_counters(pipe, pending)
-        pipe.execute()
+        _write_counters(self._client, self._counters_key, pending, transaction=self._transaction)
 
     def _release(self) -> None:
         if self._owns_client:
             self._client.close()
             self._client.connection_pool.disconnect()
-
-    def _unavailable(self, exc: BaseException) -> CacheError:
-        return CacheError(
-            f"cannot use Redis at {self.location} ({self._describe(exc)}). Check that "
-            "redis-server is running and reachable, and the URL."
-        )
-
-    def ping(self) -> None:
-        """Check that Redis answers.
-
-        Raises:
-            CacheError: Redis cannot be reached or refused the connection (the message
-                names the location, never the password).
-        """
-        try:
-            self._client.ping()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-        self._reachable()
 
     # -- reads and writes (StoreBase hooks): one MGET, one MULTI ---------------------------
 
@@ -387,16 +323,9 @@ class RedisScoreCache(StoreBase):
         ttls = replies[-len(names) :]
         found: dict[str, tuple[float, float | None]] = {}
         for key, raw, ttl_ms in zip(keys, values, ttls, strict=True):
-            entry = parse_entry(raw)
-            if entry is None or ttl_ms == -2:
-                continue
-            value, real_expiry_ms = entry
-            if real_expiry_ms is not None:  # kept past its ttl for on_error="stale"
-                if real_expiry_ms <= now * 1000:
-                    continue  # expired: only a stale read may have it
-                found[key] = (value, real_expiry_ms / 1000)
-            else:
-                found[key] = (value, None if ttl_ms == -1 else now + ttl_ms / 1000)
+            entry = live_entry(raw, ttl_ms, now)
+            if entry is not None:
+                found[key] = entry
         return generation, found
 
     def _write_scores(
@@ -436,14 +365,9 @@ class RedisScoreCache(StoreBase):
         _queue_counters(pipe, self._counters_key, counters)
 
     def _counter_writer(self) -> CounterWriter:
-        client, key, transaction = self._client, self._counters_key, self._transaction
-
-        def write(counters: Mapping[str, Counter[str]]) -> None:
-            pipe = client.pipeline(transaction=transaction)
-            _queue_counters(pipe, key, counters)
-            pipe.execute()
-
-        return write
+        return functools.partial(
+            _write_counters, self._client, self._counters_key, transaction=self._transaction
+        )
 
     def _uncount(self, bucket: str, n: int) -> None:
         try:
@@ -469,170 +393,6 @@ class RedisScoreCache(StoreBase):
         except (RedisError, OSError) as exc:
             logger.debug("rerank-cache: could not prune expired entry counts (%s)", exc)
 
-    # -- maintenance (these raise CacheError when Redis cannot be used) --------------------
-
-    def stats(self) -> CacheStats:
-        """Return entries, hits, misses, usage and a per-model breakdown (all processes).
-
-        One round trip, read-only, fast at any size: entries come from the per-model entry
-        counters (see the module docs), ``size_bytes`` is the whole Redis server's
-        ``used_memory``, and ``expired_entries`` is always 0 (Redis deletes expired keys).
-        ``oldest_entry``/``newest_entry`` are known to within a bucket (ttl/512, at most
-        an hour), and only for scores that expire.
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        try:
-            counters_raw, entries_raw, size = self._stats_replies()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-        now_ms = int(time.time() * 1000)
-        counters = parse_counters(counters_raw)
-        for model, deltas in self._pending_here().items():
-            counters.setdefault(model, Counter()).update(deltas)
-        entries, oldest, newest = live_entries(entries_raw, now_ms)
-        return _build_stats(self.location, counters, entries, size, now_ms, oldest, newest)
-
-    def clear(self, model: str | None = None) -> int:
-        """Delete every score of this namespace, or only ``model``'s; return how many.
-
-        Counters are kept (they describe history, not contents).
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        deleted = 0
-        try:
-            for batch in scan_batches(self._client, self._score_pattern(model)):
-                deleted += int(self._client.unlink(*batch))
-            if model is None:
-                self._client.delete(self._entries_key)
-            else:
-                fields = [
-                    field
-                    for field in self._client.hkeys(self._entries_key)
-                    if (b := Bucket.parse(field)) is not None and b.model == model
-                ]
-                if fields:
-                    self._client.hdel(self._entries_key, *fields)
-            # After the deletes: a process that reads the new generation reads no old score.
-            self._client.incr(self._generation_key)
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-        finally:
-            self._cleared()
-        return deleted
-
-    def iter_live(self, model: str | None = None) -> Iterator[tuple[str, float, float | None]]:
-        """Every live score (only ``model``'s, if given) as ``(key, score, expires_at)``
-        (epoch seconds; None: never), a ``SCAN`` batch at a time: flat memory at any size.
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        try:
-            for batch in scan_batches(self._client, self._score_pattern(model)):
-                pipe = self._client.pipeline(transaction=False)
-                for name in batch:
-                    pipe.get(name)
-                    pipe.pttl(name)
-                replies = pipe.execute(raise_on_error=False)
-                now = time.time()
-                for name, raw, pttl in zip(batch, replies[::2], replies[1::2], strict=True):
-                    entry = None if isinstance(raw, Exception) else parse_entry(raw)
-                    key = self._store_key(text(name))
-                    if entry is None or key is None or not isinstance(pttl, int) or pttl == -2:
-                        continue  # unsafe (check reports it), or expired meanwhile
-                    score, real_expiry_ms = entry
-                    if real_expiry_ms is not None:  # kept for on_error="stale"
-                        if real_expiry_ms > now * 1000:
-                            yield key, score, real_expiry_ms / 1000
-                        continue
-                    yield key, score, None if pttl < 0 else now + pttl / 1000
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-
-    def put_expiring(self, rows: Iterable[tuple[str, float, float | None]]) -> int:
-        """Store ``(key, score, expires_at)`` rows, each keeping its own expiry (an import);
-        return how many. Rows already expired are the caller's to skip.
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        now_ms = int(time.time() * 1000)
-        width_ttl = self._ttl_ms or int(DEFAULT_TTL.total_seconds() * 1000)
-        fields: list[str] = []
-        try:
-            pipe = self._client.pipeline(transaction=self._transaction)
-            for key, value, expires in rows:
-                expire_ms = None if expires is None else math.ceil(expires * 1000)
-                px = None if expire_ms is None else max(1, expire_ms - now_ms)
-                kept = self._stale_ms is not None and px is not None
-                if kept:  # kept past its expiry for on_error="stale", as put_many does
-                    px = (px or 0) + (self._stale_ms or 0)
-                stored = encode_score(float(value), expire_ms if kept else None)
-                pipe.set(self._score_key(key), stored, px=px, get=True)
-                fields.append(expiry_bucket_field(model_of(key) or "", expire_ms, width_ttl))
-            previous = pipe.execute() if fields else []
-            # Keys that were live already are counted where they were first written.
-            new = Counter(f for f, old in zip(fields, previous, strict=True) if old is None)
-            if new:
-                counts = self._client.pipeline(transaction=self._transaction)
-                for field, n in new.items():
-                    counts.hincrby(self._entries_key, field, n)
-                counts.execute()
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-        return len(fields)
-
-    def expire(self, now: float | None = None, *, model: str | None = None) -> int:
-        """Return 0: Redis deletes expired scores itself (each key carries its TTL)."""
-        del now, model
-        return 0
-
-    def count(self, *, model: str | None = None, expired: bool = False) -> int:
-        """Count live scores, optionally only ``model``'s, from the entry counters.
-
-        ``expired=True`` counts 0: Redis deletes expired scores itself.
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        if expired:
-            return 0
-        stats = self.stats()
-        if model is None:
-            return stats.entries
-        found = stats.models.get(model)
-        return found.entries if found else 0
-
-    def check(self, *, fix: bool = False) -> CheckReport:
-        """Scan every key of the namespace; with ``fix``, delete bad ones and recount.
-
-        Unsafe keys (a value that is not a finite float's ``repr``, another Redis type, or
-        a key name that is not a score key) are never read as scores; ``fix`` deletes them.
-        The entry counters are compared with what the scan found (they drift when Redis
-        evicts keys or someone deletes them); ``fix`` rebuilds them.
-
-        Raises:
-            CacheError: Redis cannot be reached.
-        """
-        try:
-            return check_namespace(
-                self._client,
-                pattern=self._score_pattern(None),
-                store_key=self._store_key,
-                mget=self._mget,
-                counters_key=self._counters_key,
-                entries_key=self._entries_key,
-                ttl_ms=self._ttl_ms,
-                transaction=self._transaction,
-                fix=fix,
-            )
-        except self._failures as exc:
-            raise self._unavailable(exc) from None
-
 
 def _was_live(previous: Any, now_ms: int) -> bool:
     """Whether a value ``SET ... GET`` replaced was a live score (a duplicate send); one
@@ -641,32 +401,6 @@ def _was_live(previous: Any, now_ms: int) -> bool:
         return False
     entry = parse_entry(previous)
     return entry is None or entry[1] is None or entry[1] > now_ms
-
-
-def _build_stats(
-    location: str,
-    counters: Mapping[str, Counter[str]],
-    entries: Mapping[str, int],
-    size: int,
-    now_ms: int,
-    oldest: int | None,
-    newest: int | None,
-) -> CacheStats:
-    def when(ms: int | None) -> datetime | None:
-        if ms is None:
-            return None
-        return datetime.fromtimestamp(min(ms, now_ms) / 1000, tz=timezone.utc)
-
-    # Redis deletes expired keys itself: nothing is ever expired-but-stored.
-    return build_stats(
-        location,
-        counters,
-        entries,
-        expired=0,
-        size=size,
-        oldest=when(oldest),
-        newest=when(newest),
-    )
 
 
 def _describe_client(client: redis.Redis) -> str:

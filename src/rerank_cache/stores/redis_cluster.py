@@ -34,8 +34,9 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ..keys import HASH_DIGITS, QUERY_TAG_DIGITS, key_head, query_tag
-from .base import CounterWriter
-from .redis import _GLOB_SPECIAL, _UNREACHABLE, RedisScoreCache, _queue_counters
+from .flusher import CounterWriter
+from .redis import _UNREACHABLE, RedisScoreCache, _write_counters
+from .redis_admin import GLOB_SPECIAL
 from .redis_format import CLUSTER_SCHEMES
 
 __all__ = ["CLUSTER_SCHEMES", "RedisClusterScoreCache", "cluster_tag"]
@@ -98,10 +99,7 @@ class RedisClusterScoreCache(RedisScoreCache):
         lazy, key = self._lazy, self._counters_key
 
         def write(counters: Mapping[str, Counter[str]]) -> None:
-            client: Any = lazy.get()
-            pipe = client.pipeline(transaction=False)
-            _queue_counters(pipe, key, counters)
-            pipe.execute()
+            _write_counters(lazy.get(), key, counters, transaction=False)
 
         return write
 
@@ -153,7 +151,7 @@ class RedisClusterScoreCache(RedisScoreCache):
     def _score_pattern(self, model: str | None) -> str:
         if model is None:
             return self._score_prefix + "{*"
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", model)
+        escaped = GLOB_SPECIAL.sub(r"\\\1", model)
         tag = "?" * QUERY_TAG_DIGITS
         return f"{self._score_prefix}{{{tag}}}{key_head(escaped)}" + "?" * HASH_DIGITS
 

@@ -38,6 +38,7 @@ __all__ = [
     "expiry_bucket_field",
     "int_or_none",
     "live_entries",
+    "live_entry",
     "parse_counters",
     "parse_entry",
     "parse_score",
@@ -71,13 +72,9 @@ def parse_score(raw: bytes | str | None) -> float | None:
     """
     if raw is None or len(raw) > _MAX_SCORE_CHARS:
         return None
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    else:
-        text = raw
+    text = _ascii(raw)
+    if text is None:
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -103,12 +100,10 @@ def parse_entry(raw: bytes | str | None) -> tuple[float, int | None] | None:
     """
     if raw is None or len(raw) > _MAX_SCORE_CHARS + 17:  # "|" and a 16-digit expiry
         return None
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    head, sep, tail = raw.partition("|")
+    decoded = _ascii(raw)
+    if decoded is None:
+        return None
+    head, sep, tail = decoded.partition("|")
     value = parse_score(head)
     if value is None:
         return None
@@ -117,6 +112,36 @@ def parse_entry(raw: bytes | str | None) -> tuple[float, int | None] | None:
     if not tail.isdigit() or str(int(tail)) != tail:
         return None
     return value, int(tail)
+
+
+def live_entry(raw: Any, pttl: Any, now: float) -> tuple[float, float | None] | None:
+    """A score read together with its key's ``PTTL``, as ``(score, expires_at)`` (epoch
+    seconds; None: never); None if the reply is an error, the value is unsafe, the key is
+    gone (``PTTL`` -2), or it is kept past its ttl only for ``on_error="stale"``.
+
+    Example:
+        >>> live_entry(b"0.5", 2000, 100.0), live_entry(b"0.5", -1, 100.0)
+        ((0.5, 102.0), (0.5, None))
+    """
+    if isinstance(raw, Exception) or not isinstance(pttl, int) or pttl == -2:
+        return None
+    entry = parse_entry(raw)
+    if entry is None:
+        return None
+    score, real_expiry_ms = entry
+    if real_expiry_ms is not None:  # the key outlives its ttl: the real expiry decides
+        return (score, real_expiry_ms / 1000) if real_expiry_ms > now * 1000 else None
+    return score, None if pttl < 0 else now + pttl / 1000
+
+
+def _ascii(raw: bytes | str) -> str | None:
+    """A stored value as text, or None if its bytes are not ASCII (never a score)."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def split_namespace(url: str) -> tuple[str, str | None]:
