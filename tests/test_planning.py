@@ -162,6 +162,45 @@ def test_fast_estimate_equals_definition(text: str) -> None:
     assert estimate_tokens(text) == _reference_estimate(text)
 
 
+# Pieces that meet at every class boundary the estimator counts across: letter runs of each
+# length modulo three, lone and repeated spaces next to other whitespace, control characters
+# that str.isspace() calls space, "?" (what non-ASCII characters are classed with), CJK,
+# astral characters and a lone surrogate.
+_PIECES = ["a", "bc", "def", "ghij", " ", "  ", "\n", "\t ", "\r\n\n", "\x1c", "\x00", "7", "?"]
+_PIECES += ["é", "向", "\U0001f600", "\ud800", "\x7f", "Z"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=60).map("".join))
+def test_estimate_equals_definition_across_class_boundaries(text: str) -> None:
+    """Texts built from pieces at every class boundary: still exactly the definition, and
+    never below the server's count."""
+    assert estimate_tokens(text) == _reference_estimate(text)
+    assert estimate_tokens(text) >= count_tokens(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("", 0),
+        ("abc", 1),
+        ("abcd", 2),
+        ("abcdefg hi", 4),
+        ("a b", 2),  # a lone space is free
+        ("a  b", 3),  # two spaces are one token
+        ("a\nb", 3),  # any other whitespace costs
+        ("a     b", 4),  # five spaces: ceil(5 / 4)
+        ("\x1c", 1),  # str.isspace() says space; the definition says control character
+        ("?é", 2),
+        ("\U0001f600", 2),
+        ("\ud800", 1),
+    ],
+)
+def test_estimate_known_values(text: str, tokens: int) -> None:
+    """Hand-counted values, each equal to the definition."""
+    assert estimate_tokens(text) == tokens == _reference_estimate(text)
+
+
 def _reference_trim(text: str, max_tokens: int) -> str:
     """The walk over every unit from the start, which trim_to_tokens must equal."""
     from rerank_cache.planning import _LETTERS_PER_TOKEN, _UNIT, _unit_tokens
