@@ -158,18 +158,22 @@ class RedisKit:
         """The Redis key a score is stored under."""
         return f"{self.namespace}:s:{store_key}"
 
+    def client(self) -> Any:
+        """A client of the server the stores use (closed on leaving ``with``)."""
+        return self.server.client()
+
     def plant(self, store_key: str, value: str | bytes | int) -> None:
-        with self.server.client() as client:
+        with self.client() as client:
             client.set(self.name(store_key), value)
 
     def delete(self, *store_keys: str) -> None:
         """Delete scores directly in Redis (one key at a time: slots may differ)."""
-        with self.server.client() as client:
+        with self.client() as client:
             for store_key in store_keys:
                 client.delete(self.name(store_key))
 
     def remaining_ttl(self, store_key: str) -> float | None:
-        with self.server.client() as client:
+        with self.client() as client:
             pttl = int(client.pttl(self.name(store_key)))
         assert pttl != -2, "no such key"
         return None if pttl == -1 else pttl / 1000
@@ -177,7 +181,7 @@ class RedisKit:
     @contextlib.contextmanager
     def clock(self) -> Iterator[Advance]:
         """Frozen time for the store, and the same time passing for Redis's TTLs."""
-        with freeze_time(datetime.now(timezone.utc)) as frozen, self.server.client() as c:
+        with freeze_time(datetime.now(timezone.utc)) as frozen, self.client() as c:
 
             def advance(seconds: float) -> None:
                 frozen.tick(timedelta(seconds=seconds))
@@ -233,34 +237,8 @@ class ClusterKit(RedisKit):
     def name(self, store_key: str) -> str:
         return f"{self.namespace}:s:{{{cluster_tag(store_key)}}}{store_key}"
 
-    def plant(self, store_key: str, value: str | bytes | int) -> None:
-        with self.cluster.client() as client:
-            client.set(self.name(store_key), value)
-
-    def delete(self, *store_keys: str) -> None:
-        with self.cluster.client() as client:
-            for store_key in store_keys:
-                client.delete(self.name(store_key))
-
-    def remaining_ttl(self, store_key: str) -> float | None:
-        with self.cluster.client() as client:
-            pttl = int(client.pttl(self.name(store_key)))
-        assert pttl != -2, "no such key"
-        return None if pttl == -1 else pttl / 1000
-
-    @contextlib.contextmanager
-    def clock(self) -> Iterator[Advance]:
-        """Frozen time for the store, and the same time passing for the cluster's TTLs."""
-        with freeze_time(datetime.now(timezone.utc)) as frozen, self.cluster.client() as c:
-
-            def advance(seconds: float) -> None:
-                frozen.tick(timedelta(seconds=seconds))
-                for name in c.scan_iter(match=f"{self.namespace}:s:*"):
-                    left = int(c.pttl(name))
-                    if left > 0:
-                        c.pexpire(name, left - int(seconds * 1000))  # <= 0 deletes
-
-            yield advance
+    def client(self) -> Any:
+        return self.cluster.client()
 
     @contextlib.contextmanager
     def unreachable(self) -> Iterator[ScoreStore]:
