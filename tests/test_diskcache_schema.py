@@ -14,10 +14,11 @@ from pathlib import Path
 
 import diskcache
 import pytest
-from diskcache.core import MODE_RAW
+from diskcache.core import DBNAME, MODE_RAW
 
 from rerank_cache import ScoreCache
 from rerank_cache.keys import KEY_PREFIX, KeyBuilder, model_of
+from rerank_cache.stores.sqlite import DB_NAME
 
 # Column -> declared type, in diskcache 5.6's order.
 CACHE_COLUMNS = {
@@ -46,7 +47,7 @@ def store(tmp_path: Path) -> Iterator[ScoreCache]:
 
 def connect(store: ScoreCache) -> sqlite3.Connection:
     """A connection of our own to the store's file."""
-    return sqlite3.connect(store.directory / "cache.db")
+    return sqlite3.connect(store.directory / DB_NAME)
 
 
 def test_diskcache_is_the_pinned_major_version() -> None:
@@ -131,3 +132,8 @@ def test_sql_reads_models_as_keys_py_does(tmp_path: Path) -> None:
         assert store.clear(model="m") == 1
         assert store.count(model="m:x") == 2
         assert store.count() == sum(range(2, len(models) + 1)) + 1
+
+
+def test_the_store_names_diskcaches_file() -> None:
+    """The file the store opens, sizes, checks and moves aside is the one diskcache writes."""
+    assert DB_NAME == DBNAME

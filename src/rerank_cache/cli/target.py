@@ -14,6 +14,7 @@ from ..errors import ConfigurationError
 from ..stores.disk import ScoreCache
 from ..stores.open import default_cache_dir, resolve_cache_url
 from ..stores.protocols import AdminStore
+from ..stores.sqlite import DB_NAME
 from .errors import FailureError
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _unwritable(directory: Path) -> str | None:
         existing = existing.parent
     checks = [existing]
     if existing == directory:
-        checks += [p for p in (directory / "cache.db",) if os.path.lexists(p)]
+        checks += [p for p in (directory / DB_NAME,) if os.path.lexists(p)]
     for path in checks:
         need = os.W_OK | (os.X_OK if path.is_dir() else 0)
         if os.access(path, need):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..keys import model_of
+from ..stores.sqlite import DB_NAME
 from .errors import EXIT_OK, FailureError
 from .target import Target, open_store, require_writable
 from .units import plural
@@ -34,7 +35,7 @@ _BATCH = 1000  # rows per write: one transaction (one MULTI) each
 
 
 def run_export(args: argparse.Namespace, target: Target) -> int:
-    if isinstance(target, Path) and not (target / "cache.db").exists():
+    if isinstance(target, Path) and not (target / DB_NAME).exists():
         raise FailureError(f"no cache at {target}: nothing to export")
     store, where = open_store(target)
     count = 0

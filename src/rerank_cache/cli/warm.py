@@ -17,6 +17,7 @@ from ..errors import DashScopeError
 from ..pricing import CURRENCY, PRICE_PER_MILLION_TOKENS
 from ..stores.disk import ScoreCache
 from ..stores.protocols import ScoreStore
+from ..stores.sqlite import DB_NAME
 from ..warm import InvalidLineError, LineSkipped, LineWarmed, WarmSummary, warm
 from .errors import EXIT_OK, FailureError, sigterm_as_interrupt
 from .progress import WarmProgress
@@ -65,7 +66,7 @@ def _warm_store(target: Target, args: argparse.Namespace) -> Iterator[ScoreStore
     kwargs: dict[str, Any] = {"memory_entries": 0}
     if args.ttl is not None:
         kwargs["ttl"] = args.ttl
-    if args.dry_run and isinstance(target, Path) and not (target / "cache.db").exists():
+    if args.dry_run and isinstance(target, Path) and not (target / DB_NAME).exists():
         with (
             tempfile.TemporaryDirectory(prefix="rerank-cache-dry-run-") as scratch,
             ScoreCache(Path(scratch) / "empty", **kwargs) as empty,

@@ -162,7 +162,7 @@ def claims_for(store: ScoreStore, *, lease: float, timeout: float = 5.0) -> Clai
         raise ConfigurationError(
             f"claims=True needs a disk store (ScoreCache), not {type(store).__name__}"
         )
-    return DiskClaims(store.directory / "cache.db", lease=lease, timeout=timeout)
+    return DiskClaims(store.directory / sqlite.DB_NAME, lease=lease, timeout=timeout)
 
 
 def wait_for_claimed(

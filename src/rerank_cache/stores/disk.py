@@ -190,9 +190,7 @@ class ScoreCache(DiskAdmin):
             if not is_corruption(exc):
                 raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from None
             if not recover:
-                raise CorruptCacheError(
-                    corrupt_message(self._directory / "cache.db", exc)
-                ) from None
+                raise CorruptCacheError(corrupt_message(self._db, exc)) from None
             moved = quarantine(self._directory)
             logger.error(
                 "rerank-cache: the cache file in %s was damaged (%s); moved it to %s and "
@@ -211,7 +209,7 @@ class ScoreCache(DiskAdmin):
         a couple of seconds: other writers' transactions are short, and opening under
         contention should succeed, not fail open).
         """
-        db = self._directory / "cache.db"
+        db = self._db
         if not db.exists():
             return
         con = sqlite3.connect(db, timeout=self._open_timeout, isolation_level=None)
@@ -226,7 +224,7 @@ class ScoreCache(DiskAdmin):
 
     def _open_once(self) -> diskcache.Cache:
         self._wait_for_writers()
-        _checked_settings(self._directory / "cache.db", self._open_timeout)
+        _checked_settings(self._db, self._open_timeout)
         cache = diskcache.Cache(
             str(self._directory),
             timeout=self._timeout,
@@ -283,7 +281,7 @@ class ScoreCache(DiskAdmin):
         self._cache.close()
 
     def _counter_writer(self) -> CounterWriter:
-        return functools.partial(sqlite.add_counters_to, self._directory / "cache.db")
+        return functools.partial(sqlite.add_counters_to, self._db)
 
     def _background_done(self) -> None:
         self._cache.close()  # diskcache closes the calling thread's connection only

@@ -61,7 +61,7 @@ def _collect_stats(
     except sqlite3.OperationalError:  # no Cache table yet: an empty store
         entries_by_model, expired, oldest, newest = {}, 0, None, None
     size = 0
-    for name in ("cache.db", "cache.db-wal"):
+    for name in (sqlite.DB_NAME, sqlite.DB_NAME + "-wal"):
         with contextlib.suppress(OSError):
             size += os.path.getsize(os.path.join(directory, name))
     return build_stats(
@@ -93,7 +93,7 @@ def read_stats(directory: str | os.PathLike[str] | None = None) -> CacheStats:
     if not os.path.lexists(path):
         return _collect_stats(sqlite3.connect(":memory:"), str(path), time.time())
     path = secure_directory(path, create=False)
-    db = path / "cache.db"
+    db = path / sqlite.DB_NAME
     if not db.exists():
         return _collect_stats(sqlite3.connect(":memory:"), str(path), time.time())
     try:
@@ -138,7 +138,7 @@ def repair_settings(directory: str | os.PathLike[str]) -> list[str]:
         CacheError: the file is locked or cannot be written.
     """
     path = secure_directory(Path(directory), create=False)
-    db = path / "cache.db"
+    db = path / sqlite.DB_NAME
     if not db.exists():
         return []
     con = sqlite3.connect(db, timeout=5.0, isolation_level=None)
@@ -174,9 +174,9 @@ def _maintenance_error(db: Path, what: str, exc: BaseException) -> CacheError:
 def quarantine(directory: Path) -> Path:
     """Move a damaged ``cache.db`` (and its WAL files) aside; return the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.time_ns() % 10**9}"
-    target = directory / f"cache.db.corrupt-{stamp}"
+    target = directory / f"{sqlite.DB_NAME}.corrupt-{stamp}"
     for suffix in ("", "-wal", "-shm"):
-        source = directory / f"cache.db{suffix}"
+        source = directory / f"{sqlite.DB_NAME}{suffix}"
         if source.exists():
             os.replace(source, Path(f"{target}{suffix}"))
     return target
@@ -197,6 +197,11 @@ class DiskAdmin(StoreBase):
     def _open_once(self) -> diskcache.Cache:
         """Open the cache file once (no recovery); raise what diskcache or SQLite raise."""
         raise NotImplementedError
+
+    @property
+    def _db(self) -> Path:
+        """The SQLite file diskcache keeps the scores in."""
+        return self._directory / sqlite.DB_NAME
 
     @property
     def _con(self) -> sqlite3.Connection:
@@ -245,7 +250,7 @@ class DiskAdmin(StoreBase):
         try:
             yield
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise _maintenance_error(self._directory / "cache.db", what, exc) from None
+            raise _maintenance_error(self._db, what, exc) from None
 
     def stats(self) -> CacheStats:
         """Return entries, hits, misses, usage and a per-model breakdown (all processes).
@@ -355,10 +360,10 @@ class DiskAdmin(StoreBase):
             settings = sqlite.unsafe_settings(con)
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
-                raise _maintenance_error(self._directory / "cache.db", "checking", exc) from None
+                raise _maintenance_error(self._db, "checking", exc) from None
             integrity, rows, unsafe, settings = str(exc), 0, 0, {}
         if integrity != "ok":
-            message = corrupt_message(self._directory / "cache.db", RuntimeError(integrity))
+            message = corrupt_message(self._db, RuntimeError(integrity))
             if not fix:
                 raise CorruptCacheError(message)
             moved = self.rebuild()

@@ -23,11 +23,15 @@ from typing import Any
 
 from ..keys import HASH_DIGITS, KEY_PREFIX, key_range, model_of
 
+#: The file diskcache keeps a cache in, inside its directory (its ``DBNAME``; a test pins it).
+DB_NAME = "cache.db"
+
 __all__ = [
     "CLAIMS_TABLE",
     "COUNTERS_TABLE",
     "CREATE_CLAIMS_TABLE",
     "CREATE_COUNTERS_TABLE",
+    "DB_NAME",
     "DELETE_CHUNK",
     "add_counters",
     "add_counters_to",
