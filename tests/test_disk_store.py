@@ -82,6 +82,26 @@ def test_planted_file_reference_is_not_read_or_deleted(
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.parametrize("memory_entries", [0, 100])
+def test_planted_values_that_are_not_finite_floats_read_as_misses(
+    tmp_path: Path, memory_entries: int
+) -> None:
+    """Rows planted with inf, -inf, an integer, text or bytes as the value are misses on
+    every read path (with and without the memory tier), among real scores that are hits."""
+    d = tmp_path / "planted"
+    keys = [score_key("m", None, "q", f"doc {i}") for i in range(8)]
+    with ScoreCache(d, memory_entries=memory_entries) as store:
+        store.put_many({keys[0]: 0.5, keys[1]: -0.0}, model="m")
+        for key, value in zip(
+            keys[2:], [float("inf"), float("-inf"), 3, "0.7", b"\x00", None], strict=True
+        ):
+            plant_row(d, key, value=value)
+        for _ in range(2):  # the second read is served from memory where there is a tier
+            found = store.get_many(keys)
+            assert found == {keys[0]: 0.5, keys[1]: -0.0}
+            assert all(type(v) is float for v in found.values())
+
+
 def test_safe_disk_refuses_everything_but_inline_floats(tmp_path: Path) -> None:
     """Through diskcache's own API too: pickles and file rows read as misses, never run;
     nothing but finite floats can be stored; no file is ever removed."""

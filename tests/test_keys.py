@@ -13,7 +13,7 @@ maybe_text = st.none() | text
 
 def test_golden_key() -> None:
     """The key format is pinned: changing it must bump KEY_VERSION (old entries then miss)."""
-    assert KEY_VERSION == 2
+    assert KEY_VERSION == 3
     assert (
         score_key(
             "gte-rerank-v2",
@@ -21,11 +21,11 @@ def test_golden_key() -> None:
             "what is a vector database",
             "zvec is an in-process vector database",
         )
-        == "2:gte-rerank-v2:471f731a4ce19064dd6ede291cddc2c8"
+        == "3:gte-rerank-v2:439f468e4bb70b11419244a61c5a2bfbe7ddb79b"
     )
     assert (
         score_key("qwen3-rerank", "Rank for RAG.", "向量", "doc")
-        == "2:qwen3-rerank:c2fa3af2d25b5074d04209626ec95bf4"
+        == "3:qwen3-rerank:124cbc1de2633aee31ccedaedcd7fbcee4aabb5e"
     )
 
 
@@ -80,7 +80,9 @@ def test_model_of_rejects_foreign_keys() -> None:
     assert model_of("1:m:" + "0" * 32) is None  # version 1, before the query tag
     assert model_of("nonsense") is None
     assert model_of("1:a:b:" + "f" * 32) is None  # version 1, before the scorer was keyed
-    assert model_of("2:a:b:" + "f" * 32) == "a:b"
+    assert model_of("2:a:b:" + "f" * 32) is None  # version 2, the prefix hashed per document
+    assert model_of("3:a:b:" + "f" * 32) is None  # too few digits for version 3
+    assert model_of("3:a:b:" + "f" * 40) == "a:b"
 
 
 @settings(max_examples=100, deadline=None)
@@ -95,7 +97,7 @@ def test_query_tag_is_shared_by_one_calls_keys(
     (tag,) = tags
     assert tag is not None
     assert len(tag) == 8
-    assert all(k[-32:].startswith(tag) for k in keys)
+    assert all(k[-40:].startswith(tag) for k in keys)
 
 
 def test_query_tag_differs_between_queries_and_rejects_foreign_keys() -> None:

@@ -148,6 +148,35 @@ def test_assemble_sorts_stably_and_cuts() -> None:
     assert lists[0][0].score == 0.1  # inputs untouched
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, -0.0]), max_size=1_500),
+    st.integers(min_value=1, max_value=40),
+)
+def test_assemble_equals_a_stable_sort(values: list[float], topn: int) -> None:
+    """Whichever ranking ``assemble`` uses (a heap for many candidates, a sort for few),
+    the result is a stable sort by score, best first, cut to ``topn``; many ties."""
+    docs = [Doc(f"d{i}", fields={"t": f"text {i}"}) for i in range(len(values))]
+    got = collect([docs], "t", GTE)
+    scores = {f"text {i}": v for i, v in enumerate(values)}
+    out = assemble(got.candidates, scores, topn)
+    expected = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:topn]
+    assert [(d.id, d.score) for d in out] == [(f"d{i}", values[i]) for i in expected]
+
+
+def test_doc_replace_copies_and_checks() -> None:
+    """``Doc._replace`` returns a new document with its own dicts; unknown names raise."""
+    d = Doc("a", 0.1, vectors={"v": [1.0]}, fields={"t": "x"})
+    e = d._replace(score=0.9)
+    assert (e.id, e.score, e.fields, e.vectors) == ("a", 0.9, {"t": "x"}, {"v": [1.0]})
+    e.fields["t"] = "changed"
+    e.vectors["w"] = [2.0]
+    assert (d.score, d.fields, d.vectors) == (0.1, {"t": "x"}, {"v": [1.0]})
+    assert d._replace(id="b", fields={"u": 1}).fields == {"u": 1}
+    with pytest.raises(TypeError, match="nope"):
+        d._replace(nope=1)
+
+
 def _reference_estimate(text: str) -> int:
     """The unit-by-unit definition the fast estimator must equal."""
     from rerank_cache.planning import _UNIT, _unit_tokens

@@ -463,6 +463,12 @@ def _split(
     texts: Sequence[str], keys: list[str], found: dict[str, float]
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Split texts into cached scores (text -> score) and misses (key -> text). Pure."""
+    if len(found) == len(keys):
+        # Usually all hits: built by C-level passes, no Python per text.
+        try:
+            return dict(zip(texts, map(found.__getitem__, keys), strict=True)), {}
+        except KeyError:  # a store that returned other keys than asked: the careful walk
+            pass
     scores: dict[str, float] = {}
     pending: dict[str, str] = {}
     get = found.get

@@ -80,16 +80,24 @@ class Doc:
         return self.vectors.get(name)
 
     def _replace(self, **changes: Any) -> Doc:
-        """Return a copy with ``changes`` (``id``, ``score``, ``fields``, ``vectors``) applied."""
-        unknown = set(changes) - {"id", "score", "fields", "vectors"}
+        """Return a copy with ``changes`` (``id``, ``score``, ``fields``, ``vectors``) applied.
+
+        The copy has its own ``fields`` and ``vectors`` dicts (changing them leaves this
+        document as it was).
+        """
+        unknown = changes.keys() - _ATTRIBUTES
         if unknown:
             raise TypeError(f"Doc has no attribute(s) {sorted(unknown)}")
-        return Doc(
-            id=changes.get("id", self.id),
-            score=changes.get("score", self.score),
-            vectors=changes.get("vectors", self.vectors),
-            fields=changes.get("fields", self.fields),
-        )
+        # Built without __init__: a rerank copies every returned document, so the copy is
+        # kept to the four attribute stores and two dict copies.
+        copy = _new_doc(Doc)
+        get = changes.get
+        copy.id = get("id", self.id)
+        copy.score = get("score", self.score)
+        vectors, fields = get("vectors", self.vectors), get("fields", self.fields)
+        copy.vectors = dict(vectors) if vectors else {}
+        copy.fields = dict(fields) if fields else {}
+        return copy
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Doc):
@@ -105,6 +113,10 @@ class Doc:
 
     def __repr__(self) -> str:
         return f"Doc(id={self.id!r}, score={self.score!r}, fields={self.fields!r})"
+
+
+_ATTRIBUTES = frozenset({"id", "score", "fields", "vectors"})
+_new_doc = object.__new__
 
 
 def read_doc(doc: Any, rerank_field: str, where: str) -> tuple[Any, Any]:

@@ -5,25 +5,29 @@ endpoint), the model, the ``instruct`` text (or its absence), the exact query te
 exact document text sent, hashed with xxhash, so the store holds no plaintext query or
 document::
 
-    prefix   = b"rerank-cache/v2" + field(scorer) + field(model) + field(instruct)
+    prefix   = b"rerank-cache/v3" + field(scorer) + field(model) + field(instruct)
                + field(query)
-    digest   = hex(xxh3_64(prefix))[:8] + hex(xxh3_128(prefix + utf8(document)))[:24]
+    tag      = hex(xxh3_64(prefix))[:8]
+    seed     = xxh3_64(prefix, seed=1)                  (a 64-bit integer)
+    digest   = tag + hex(xxh3_128(utf8(document), seed))   (8 + 32 hex digits)
     field(s) = 8-byte big-endian length + utf8(s)
     instruct: None is the single byte 0xFF; a string is 0x00 + field(instruct)
 
 The length prefixes make the encoding unambiguous: moving text from one field to another
-always changes the bytes hashed, and the document, last, is whatever follows the query. One
-hash per document (version 1 hashed the document first, then that digest with the rest).
-The stored key string is ``"2:<model>:<32 hex digits>"``; the model stays readable so stats
+always changes the prefix. Everything but the document is hashed once per call, into the tag
+and the seed; each document is then hashed once, on its own bytes, with that seed (no copy
+of the prefix in front of every document: the hit path derives a key per candidate).
+The stored key string is ``"3:<model>:<40 hex digits>"``; the model stays readable so stats
 and ``clear(model=...)`` can group by it. The first :data:`QUERY_TAG_DIGITS` hex digits
 depend only on (scorer, model, instruct, query), so every key of one call shares them:
 :func:`query_tag` reads them back, and the Redis Cluster store uses them as a hash tag that
-puts one call's keys in one slot. Two keys of one query collide with odds 2**-96, keys of
-different queries 2**-128.
+puts one call's keys in one slot. Two keys of one query collide with odds 2**-128; keys of
+different queries need the same tag and the same seed (2**-96), or a 128-bit hash collision.
 
 Changing anything here changes every key: bump :data:`KEY_VERSION` so old entries simply miss.
 Version 2 added the scorer (a score from a test, staging or self-hosted endpoint is never
 served for DashScope, nor the other way round), one hash per document and the query tag.
+Version 3 hashes each document alone under a seed derived from the rest.
 """
 
 from __future__ import annotations
@@ -51,14 +55,15 @@ __all__ = [
 ]
 
 #: The key-format version, part of every key.
-KEY_VERSION = 2
+KEY_VERSION = 3
 #: What every current-format key starts with: the version and ``":"``.
 KEY_PREFIX = f"{KEY_VERSION}:"
 #: Hex digits of the hash that ends every key (after the model and a ``":"``).
-HASH_DIGITS = 32
+HASH_DIGITS = 40
 #: The first hex digits of that hash, shared by every key of one query (see :func:`query_tag`).
 QUERY_TAG_DIGITS = 8
-_PAIR_DIGITS = HASH_DIGITS - QUERY_TAG_DIGITS
+# The seed of the documents' hash is this hash of the prefix (the tag is the unseeded one).
+_SEED_OF_SEEDS = 1
 
 _DOMAIN = b"rerank-cache/v%d" % KEY_VERSION
 _NO_INSTRUCT = b"\xff"
@@ -123,12 +128,12 @@ class KeyBuilder:
         True
     """
 
-    __slots__ = ("_head", "_prefix")
+    __slots__ = ("_head", "_seed")
 
     def __init__(
         self, model: str, instruct: str | None, query: str, *, scorer: str = DASHSCOPE_SCORER
     ) -> None:
-        self._prefix = (
+        prefix = (
             _DOMAIN
             + _field(scorer)
             + _field(model)
@@ -136,16 +141,17 @@ class KeyBuilder:
             + _field(query)
         )
         # The query tag: shared by every key of this (scorer, model, instruct, query).
-        self._head = key_head(model) + xxhash.xxh3_64_hexdigest(self._prefix)[:QUERY_TAG_DIGITS]
+        self._head = key_head(model) + xxhash.xxh3_64_hexdigest(prefix)[:QUERY_TAG_DIGITS]
+        self._seed = xxhash.xxh3_64_intdigest(prefix, _SEED_OF_SEEDS)
 
     def key(self, text: str) -> str:
         """Return the store key of ``text``'s score."""
-        return self._head + xxhash.xxh3_128_hexdigest(self._prefix + text.encode())[:_PAIR_DIGITS]
+        return self._head + xxhash.xxh3_128_hexdigest(text.encode(), self._seed)
 
     def keys(self, texts: Iterable[str]) -> list[str]:
         """Return the store keys of ``texts``' scores, in order (one pass, for the hit path)."""
-        head, prefix, hexdigest = self._head, self._prefix, xxhash.xxh3_128_hexdigest
-        return [head + hexdigest(prefix + text.encode())[:_PAIR_DIGITS] for text in texts]
+        head, seed, hexdigest = self._head, self._seed, xxhash.xxh3_128_hexdigest
+        return [head + hexdigest(text.encode(), seed) for text in texts]
 
 
 def score_key(
@@ -161,7 +167,7 @@ def key_head(model: str) -> str:
 
     Example:
         >>> key_head("gte-rerank-v2")
-        '2:gte-rerank-v2:'
+        '3:gte-rerank-v2:'
     """
     return f"{KEY_PREFIX}{model}:"
 
@@ -174,7 +180,7 @@ def key_range(model: str | None = None) -> tuple[str, str]:
 
     Example:
         >>> key_range(), key_range("m")
-        (('2:', '2;'), ('2:m:', '2:m;'))
+        (('3:', '3;'), ('3:m:', '3:m;'))
     """
     low = KEY_PREFIX if model is None else key_head(model)
     return low, low[:-1] + ";"

@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from .doc import read_doc
@@ -423,15 +424,17 @@ def assemble(
     ``doc._replace(score=...)`` so callers get their own document type back.
     """
 
-    def score_of(candidate: Candidate[D]) -> float:
-        return scores[candidate[1]]
-
+    # Scores in candidate order, then positions ranked by them: every pass is C-level
+    # (``map`` of built-ins, a bound method as the sort key), no Python per candidate.
+    values = list(map(scores.__getitem__, map(_TEXT, candidates)))
     if topn > 0 and topn * _NLARGEST_RATIO <= len(candidates):
-        ranked = heapq.nlargest(topn, candidates, key=score_of)
+        ranked = heapq.nlargest(topn, range(len(values)), key=values.__getitem__)
     else:
-        ranked = sorted(candidates, key=score_of, reverse=True)[:topn]
-    return [doc._replace(score=scores[text]) for doc, text in ranked]  # type: ignore[attr-defined]
+        ranked = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:topn]
+    return [candidates[i][0]._replace(score=values[i]) for i in ranked]  # type: ignore[attr-defined]
 
 
-# heapq.nlargest beats a full sort once the candidates outnumber topn about this many times.
-_NLARGEST_RATIO = 8
+_TEXT = itemgetter(1)
+# heapq.nlargest (a Python loop) beats sorting the positions (all C) only once the candidates
+# outnumber topn about this many times (measured: even at 1,000 for topn=10, 10x at 10,000).
+_NLARGEST_RATIO = 100

@@ -7,9 +7,10 @@ This module is the one place that knows that table's columns (and ``Settings``'s
 ``tests/test_diskcache_schema.py`` pins them, so a diskcache release that changes them
 fails loudly. Each function takes the ``sqlite3`` connection to run on.
 
-Rows are read only when they are what :class:`~rerank_cache.stores.safedisk.SafeDisk`
-writes (``_SAFE_ROW``: a raw key and an inline float); keys are parsed only with what
-:mod:`rerank_cache.keys` says of their format.
+Only what :class:`~rerank_cache.stores.safedisk.SafeDisk` writes is ever served: a raw key
+with an inline finite float (the scores' reads check the values they fetch; scans and
+maintenance use ``_SAFE_ROW``). Nothing is unpickled and no file is opened, whatever a row
+holds. Keys are parsed only with what :mod:`rerank_cache.keys` says of their format.
 """
 
 from __future__ import annotations
@@ -76,8 +77,16 @@ _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real
 #: write lock, so a concurrent writer never waits long for ``clear`` or ``expire``.
 DELETE_CHUNK = 5_000
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
-# The sizes a read's "IN (...)" is padded to (the largest is also its chunk size).
-_IN_SIZES = (16, 64, 128, 256, 1024)
+# The sizes a read's "IN (...)" is padded to (the largest is also its chunk size): at most
+# 1/16 of padding above 128 keys, at most 7 keys below; 40 statements in all.
+_IN_SIZES = (
+    *range(8, 129, 8),
+    *range(144, 257, 16),
+    *range(288, 513, 32),
+    *range(576, 1025, 64),
+)
+# The size a chunk of n keys is padded to, by n.
+_IN_SIZE_FOR = [next(size for size in _IN_SIZES if size >= n) for n in range(_IN_SIZES[-1] + 1)]
 # SQLite stores inf as a real too (NaN becomes NULL): only finite values are scores.
 _FINITE = "abs(value) <= 1.7976931348623157e308"
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
@@ -124,38 +133,57 @@ def set_busy_timeout(con: sqlite3.Connection, seconds: float) -> None:
 # -- scores ----------------------------------------------------------------------------------
 
 
-def _padded(keys: list[str]) -> Iterator[tuple[int, list[str]]]:
-    """``keys`` in chunks, each padded with its last key to one of :data:`_IN_SIZES`.
+def _padded(keys: list[str], now: float) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """``keys`` in chunks, each padded with its last key to one of :data:`_IN_SIZES`, as the
+    read's arguments (the keys, then ``now``).
 
-    Padding keeps the number of distinct statements to a handful, so sqlite3's statement
+    Padding keeps the number of distinct statements to a few dozen, so sqlite3's statement
     cache keeps every one of them prepared however the candidate counts vary (a duplicate
-    in an ``IN`` list changes nothing).
+    in an ``IN`` list changes nothing); the sizes are close together, so the padding costs
+    little.
     """
     largest = _IN_SIZES[-1]
     for start in range(0, len(keys), largest):
         chunk = keys[start : start + largest]
-        size = next(n for n in _IN_SIZES if n >= len(chunk))
-        yield size, chunk + [chunk[-1]] * (size - len(chunk))
+        size = _IN_SIZE_FOR[len(chunk)]
+        yield size, (*chunk, *[chunk[-1]] * (size - len(chunk)), now)
 
 
+# Rows are checked in Python (:func:`_only_scores`), not in the SELECT: a C-level pass over
+# the values costs a fraction of evaluating the conditions row by row in SQLite.
 _GET_SCORES = {
-    n: f"SELECT key, value FROM Cache WHERE key IN ({','.join('?' * n)})"
-    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    n: f"SELECT key, value FROM Cache WHERE key IN ({','.join('?' * n)}) AND raw = 1 AND {_LIVE}"
     for n in _IN_SIZES
 }
 _GET_ENTRIES = {
     n: f"SELECT key, value, expire_time FROM Cache WHERE key IN ({','.join('?' * n)})"
-    f" AND {_SAFE_ROW} AND {_FINITE} AND {_LIVE}"
+    f" AND raw = 1 AND {_LIVE}"
     for n in _IN_SIZES
 }
 
 
+def _only_scores(found: dict[str, Any]) -> dict[str, float]:
+    """``found`` without values that are not finite floats (what no store of ours writes:
+    a pickle, a file reference, text or a number planted behind our back)."""
+    values = found.values()
+    if set(map(type, values)) <= _FLOAT and all(map(math.isfinite, values)):
+        return found
+    return {key: value for key, value in found.items() if _is_score(value)}
+
+
+def _is_score(value: Any) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
+_FLOAT = {float}
+
+
 def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
-    """Live, safe, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
-    found: dict[str, float] = {}
-    for size, chunk in _padded(keys):
-        found.update(con.execute(_GET_SCORES[size], (*chunk, now)).fetchall())
-    return found
+    """Live, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
+    found: dict[str, Any] = {}
+    for size, args in _padded(keys, now):
+        found.update(con.execute(_GET_SCORES[size], args).fetchall())
+    return _only_scores(found)
 
 
 def get_entries(
@@ -163,9 +191,10 @@ def get_entries(
 ) -> dict[str, tuple[float, float | None]]:
     """:func:`get_scores` with each score's expiry time (None: never), for the memory tier."""
     found: dict[str, tuple[float, float | None]] = {}
-    for size, chunk in _padded(keys):
-        for key, value, expires in con.execute(_GET_ENTRIES[size], (*chunk, now)).fetchall():
-            found[key] = (value, expires)
+    for size, args in _padded(keys, now):
+        for key, value, expires in con.execute(_GET_ENTRIES[size], args).fetchall():
+            if _is_score(value):
+                found[key] = (value, expires)
     return found
 
 
