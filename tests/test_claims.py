@@ -7,18 +7,20 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dashscope.api_entities.aio_session import close_shared_aio_session
 from freezegun import freeze_time
 
-from rerank_cache import CachedReRanker, ConfigurationError, QwenReRanker, ScoreCache
+from rerank_cache import CachedReRanker, CacheStats, ConfigurationError, QwenReRanker, ScoreCache
 from rerank_cache.keys import KeyBuilder
 from rerank_cache.stores.claims import DiskClaims, wait_for_claimed
 from rerank_cache.stores.redis import RedisScoreCache
+from rerank_cache.stores.redis_claims import RedisClaims
 from rerank_cache.testing import DashScopeServer
 
 from .helpers import API_KEY, SRC
@@ -49,15 +51,58 @@ def test_claims_off_by_default(
     assert reranker.with_query("other").claims is None
 
 
-def test_claims_need_a_disk_store(
+class _ThirdPartyStore:
+    """A store of someone else's making: the request path of a ScoreCache, and no claims."""
+
+    def __init__(self, inner: ScoreCache) -> None:
+        self.inner = inner
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, float]:
+        return self.inner.get_many(keys)
+
+    def get_stale_many(self, keys: Iterable[str]) -> dict[str, float]:
+        return self.inner.get_stale_many(keys)
+
+    def put_many(self, scores: Mapping[str, float], *, model: str, **usage: Any) -> bool:
+        return self.inner.put_many(scores, model=model, **usage)
+
+    def record_lookup(self, model: str, *, hits: int, misses: int, purpose: Any = "app") -> None:
+        self.inner.record_lookup(model, hits=hits, misses=misses, purpose=purpose)
+
+    def record_stale(self, model: str, served: int) -> None:
+        self.inner.record_stale(model, served)
+
+    def record_fallback(self, model: str) -> None:
+        self.inner.record_fallback(model)
+
+    def stats(self) -> CacheStats:
+        return self.inner.stats()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_claims_need_a_store_with_claims(
+    make_reranker: Callable[..., QwenReRanker], cache: ScoreCache
+) -> None:
+    """claims=True on a store without claims (not the disk or a Redis one) is a
+    configuration error that names the stores that have them; a Claims object of one's own
+    is taken instead."""
+    store = _ThirdPartyStore(cache)
+    with pytest.raises(ConfigurationError, match=r"needs a store with claims .*_ThirdPartyStore"):
+        CachedReRanker(make_reranker(), store, claims=True)
+    own = DiskClaims(cache.directory / "cache.db", lease=60)
+    assert CachedReRanker(make_reranker(), store, claims=own).claims is own
+
+
+def test_claims_on_redis_are_redis_claims(
     make_reranker: Callable[..., QwenReRanker], redis_server: RedisServer
 ) -> None:
-    """claims=True on a store without claims (Redis, for now) is a configuration error."""
-    with (
-        RedisScoreCache(redis_server.url, namespace="claims") as store,
-        pytest.raises(ConfigurationError, match="disk store"),
-    ):
-        CachedReRanker(make_reranker(), store, claims=True)
+    """claims=True on the Redis store gives it claims in Redis, with the lease asked for."""
+    with RedisScoreCache(redis_server.url, namespace="claims") as store:
+        claims = CachedReRanker(make_reranker(), store, claims=True, claim_lease=7).claims
+        assert isinstance(claims, RedisClaims)
+        assert claims.lease == 7
 
 
 @pytest.mark.asyncio

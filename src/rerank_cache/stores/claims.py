@@ -17,8 +17,10 @@ no longer than that, after which another process takes them over.
 Storage trouble fails open, like the store: a claim that cannot be written counts as ours
 (the pair may be sent twice, never lost), a poll that cannot read stops waiting.
 
-Only the disk store (:class:`~rerank_cache.stores.disk.ScoreCache`) has claims: a small
-table in the same SQLite file (:data:`~rerank_cache.stores.sqlite.CLAIMS_TABLE`).
+The disk store (:class:`~rerank_cache.stores.disk.ScoreCache`) keeps its claims in a small
+table of its SQLite file (:data:`~rerank_cache.stores.sqlite.CLAIMS_TABLE`, :class:`DiskClaims`);
+the Redis and Redis Cluster stores keep them as keys next to the scores, expiring with the
+lease (:class:`~rerank_cache.stores.redis_claims.RedisClaims`). Other stores have none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -151,18 +154,34 @@ class DiskClaims:
 
 
 def claims_for(store: ScoreStore, *, lease: float, timeout: float = 5.0) -> Claims:
-    """The claims of ``store``.
+    """The claims of ``store``: :class:`DiskClaims` for a disk store,
+    :class:`~rerank_cache.stores.redis_claims.RedisClaims` for a Redis or Redis Cluster one.
+
+    Args:
+        store: the store the claims live in.
+        lease: seconds a claim lasts unless released.
+        timeout: for the disk store, seconds a claim or release waits for another process's
+            write lock (a Redis store's own socket timeout bounds its claims).
 
     Raises:
-        ConfigurationError: the store has no claims (only the disk store has them).
+        ConfigurationError: the store has no claims (it is neither of those).
     """
     from .disk import ScoreCache  # only a claiming reranker loads the disk store here
 
-    if not isinstance(store, ScoreCache):
-        raise ConfigurationError(
-            f"claims=True needs a disk store (ScoreCache), not {type(store).__name__}"
-        )
-    return DiskClaims(store.directory / sqlite.DB_NAME, lease=lease, timeout=timeout)
+    if isinstance(store, ScoreCache):
+        return DiskClaims(store.directory / sqlite.DB_NAME, lease=lease, timeout=timeout)
+    # A Redis store exists only once its module is loaded: no other store imports redis-py.
+    if "rerank_cache.stores.redis" in sys.modules:
+        from .redis import RedisScoreCache
+        from .redis_claims import RedisClaims
+
+        if isinstance(store, RedisScoreCache):
+            return RedisClaims(store, lease=lease)
+    raise ConfigurationError(
+        "claims=True needs a store with claims (ScoreCache, RedisScoreCache or "
+        f"RedisClusterScoreCache), not {type(store).__name__}; pass a Claims object "
+        "of your own as claims= instead"
+    )
 
 
 def wait_for_claimed(
