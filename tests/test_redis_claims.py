@@ -23,6 +23,7 @@ from rerank_cache.stores.redis_claims import RedisClaims
 from rerank_cache.stores.redis_cluster import RedisClusterScoreCache
 from rerank_cache.testing import DashScopeServer
 
+from .helpers import pair_keys, pairs_sent
 from .redis_fixture import RedisClusterServers, RedisServer, free_port
 
 TEXTS = [f"document number {i} about vector databases" for i in range(12)]
@@ -69,19 +70,6 @@ def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
         made.close()
 
 
-def _keys(reranker: QwenReRanker | CachedReRanker, texts: list[str]) -> list[str]:
-    return KeyBuilder(
-        reranker.model, reranker.instruct, reranker.query, scorer=reranker.scorer_id
-    ).keys(texts)
-
-
-def _sent(server: DashScopeServer) -> Counter[tuple[str | None, str]]:
-    """Each (query, document) the server answered, with how many times."""
-    return Counter(
-        (r.query, doc) for r in server.requests_log if r.status == 200 for doc in r.documents
-    )
-
-
 def _until(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds, failing the test after :data:`BOUND` seconds."""
     deadline = time.monotonic() + BOUND
@@ -103,7 +91,7 @@ def test_claims_for_a_redis_store_are_redis_claims(kit: Kit) -> None:
 def test_a_live_claim_is_not_taken(kit: Kit, make_reranker: Callable[..., QwenReRanker]) -> None:
     """A key another process claimed is not ours; releasing it as not ours leaves it; once
     released by its owner it can be claimed again."""
-    keys = _keys(make_reranker(), TEXTS[:3])
+    keys = pair_keys(make_reranker(), TEXTS[:3])
     other, me = RedisClaims(kit.store(), lease=60), RedisClaims(kit.store(), lease=60)
     assert other.owner != me.owner
     assert other.claim(keys) == set(keys)
@@ -124,7 +112,7 @@ def test_claim_keys_sit_beside_the_scores(
 ) -> None:
     """A claim is one key in the namespace's claims space, holding its owner's name and
     expiring with the lease; on a cluster a call's claims share its scores' slot."""
-    keys = _keys(make_reranker(), TEXTS[:4])
+    keys = pair_keys(make_reranker(), TEXTS[:4])
     claims = RedisClaims(kit.store(), lease=30)
     assert claims.claim(keys) == set(keys)
     names = [claims.claim_key(key) for key in keys]
@@ -142,7 +130,7 @@ def test_a_dead_claimers_keys_are_free_once_the_lease_ends(
 ) -> None:
     """Redis expires a claim with its lease: a claimer that never releases (it crashed)
     holds its keys no longer than that."""
-    keys = _keys(make_reranker(), TEXTS[:3])
+    keys = pair_keys(make_reranker(), TEXTS[:3])
     dead = RedisClaims(kit.store(), lease=0.001)
     me = RedisClaims(kit.store(), lease=60)
     assert dead.claim(keys) == set(keys)
@@ -187,11 +175,11 @@ def test_two_processes_send_each_pair_once(
     assert len(results) == 2
     assert results[0] == results[1]
     assert set(results[0]) == set(TEXTS)
-    assert set(_sent(server).values()) == {1}
-    assert len(_sent(server)) == len(TEXTS)
+    assert set(pairs_sent(server).values()) == {1}
+    assert len(pairs_sent(server)) == len(TEXTS)
     claims = rerankers[0].claims
     assert claims is not None
-    assert claims.held(_keys(rerankers[0], TEXTS)) == set()
+    assert claims.held(pair_keys(rerankers[0], TEXTS)) == set()
 
 
 def test_the_waiter_takes_the_scores_from_the_store(
@@ -200,7 +188,7 @@ def test_the_waiter_takes_the_scores_from_the_store(
     """Pairs another process claimed are not sent: the waiter returns the scores that
     process stores, and sends only the rest."""
     reranker = CachedReRanker(make_reranker(), kit.store(), claims=True)
-    keys = _keys(reranker, TEXTS)
+    keys = pair_keys(reranker, TEXTS)
     other_store = kit.store()
     other = RedisClaims(other_store, lease=60)
     assert other.claim(keys[:4]) == set(keys[:4])
@@ -210,7 +198,7 @@ def test_the_waiter_takes_the_scores_from_the_store(
     try:
         # The waiter sends its own pairs after claiming: once they reach the server, the
         # claimed four are the ones it waits for.
-        _until(lambda: len(_sent(server)) == len(TEXTS) - 4, "the waiter sends its pairs")
+        _until(lambda: len(pairs_sent(server)) == len(TEXTS) - 4, "the waiter sends its pairs")
         landed = {key: 0.125 * (i + 1) for i, key in enumerate(keys[:4])}
         assert other_store.put_many(landed, model=reranker.model)
         other.release(keys[:4])
@@ -220,8 +208,8 @@ def test_the_waiter_takes_the_scores_from_the_store(
         text: 0.125 * (i + 1) for i, text in enumerate(TEXTS[:4])
     }
     assert set(result) == set(TEXTS)
-    assert {doc for _, doc in _sent(server)} == set(TEXTS[4:])
-    assert set(_sent(server).values()) == {1}
+    assert {doc for _, doc in pairs_sent(server)} == set(TEXTS[4:])
+    assert set(pairs_sent(server).values()) == {1}
 
 
 def test_claims_fail_open_when_redis_is_down(
@@ -232,7 +220,7 @@ def test_claims_fail_open_when_redis_is_down(
     """With Redis unreachable a claim counts as ours (the pairs are sent), nothing is held,
     a release is skipped; the warning names the Redis without its password."""
     url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
-    keys = _keys(make_reranker(), TEXTS[:3])
+    keys = pair_keys(make_reranker(), TEXTS[:3])
     with RedisScoreCache(url, namespace="down") as store, caplog.at_level(logging.WARNING):
         claims = RedisClaims(store, lease=60)
         assert claims.claim(keys) == set(keys)
@@ -242,7 +230,7 @@ def test_claims_fail_open_when_redis_is_down(
         assert claims.held(keys) == set()
         reranker = CachedReRanker(make_reranker(), store, claims=claims)
         assert set(reranker.score_texts(TEXTS).scores) == set(TEXTS)
-    assert Counter(doc for _, doc in _sent(server).elements()) == Counter(TEXTS)
+    assert Counter(doc for _, doc in pairs_sent(server).elements()) == Counter(TEXTS)
     assert "hunter2-secret" not in caplog.text
     assert "***" in caplog.text
 
@@ -253,7 +241,7 @@ def test_a_planted_claim_key_neither_blocks_nor_breaks(
     """A key without expiry where a claim would be (planted, another program's) is never
     waited for: its pair counts as ours. A release that Redis refuses (the key is a list)
     fails open with a warning and deletes nothing of anyone's."""
-    keys = _keys(make_reranker(), TEXTS[:2])
+    keys = pair_keys(make_reranker(), TEXTS[:2])
     claims = RedisClaims(kit.store(), lease=60)
     with kit.client() as client:
         client.rpush(claims.claim_key(keys[0]), "not a claim")

@@ -31,13 +31,13 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigurationError
 from . import sqlite
+from .claimer import Claimer
 from .protocols import ScoreStore
 
 __all__ = ["DEFAULT_LEASE", "Claims", "DiskClaims", "claims_for", "wait_for_claimed"]
@@ -66,7 +66,7 @@ class Claims(Protocol):
         """Which of ``keys`` some process holds a live claim on."""
 
 
-class DiskClaims:
+class DiskClaims(Claimer):
     """Claims in a table of a disk store's SQLite file, through connections of their own.
 
     Args:
@@ -85,28 +85,11 @@ class DiskClaims:
         timeout: float = 5.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if lease <= 0:
-            raise ValueError("the claim lease must be positive")
+        super().__init__(lease=lease)
         self._db = db
-        self._lease = lease
         self._timeout = timeout
         self._clock = clock
         self._local = threading.local()
-        self._pid = -1
-        self._owner = ""
-
-    @property
-    def lease(self) -> float:
-        """Seconds a claim lasts unless released."""
-        return self._lease
-
-    @property
-    def owner(self) -> str:
-        """This process's name in the claims table (a fork gets a new one)."""
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid, self._owner = pid, f"{pid}-{uuid.uuid4().hex}"
-        return self._owner
 
     def __repr__(self) -> str:
         return f"DiskClaims({str(self._db)!r}, lease={self._lease!r})"

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import uuid
 from collections import defaultdict
 from typing import Any
 
+from .claimer import Claimer
 from .redis import RedisScoreCache
 
 __all__ = ["RELEASE_SCRIPT", "RedisClaims"]
@@ -48,7 +47,7 @@ return released
 """
 
 
-class RedisClaims:
+class RedisClaims(Claimer):
     """Claims in the keyspace of a :class:`~rerank_cache.stores.redis.RedisScoreCache` (or
     :class:`~rerank_cache.stores.redis_cluster.RedisClusterScoreCache`), through its client.
 
@@ -65,27 +64,10 @@ class RedisClaims:
     """
 
     def __init__(self, store: RedisScoreCache, *, lease: float) -> None:
-        if not lease > 0 or not math.isfinite(lease):
-            raise ValueError("the claim lease must be positive")
+        super().__init__(lease=lease)
         self._store = store
-        self._lease = lease
         self._lease_ms = max(1, math.ceil(lease * 1000))
         self._prefix = f"{store.namespace}:c:"
-        self._pid = -1
-        self._owner = ""
-
-    @property
-    def lease(self) -> float:
-        """Seconds a claim lasts unless released."""
-        return self._lease
-
-    @property
-    def owner(self) -> str:
-        """This process's name in the claim keys (a fork gets a new one)."""
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid, self._owner = pid, f"{pid}-{uuid.uuid4().hex}"
-        return self._owner
 
     def __repr__(self) -> str:
         return f"RedisClaims({self._store.location!r}, lease={self._lease!r})"
