@@ -13,10 +13,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from rerank_cache import CachedReRanker, Doc, QwenReRanker, ScoreStore
+from rerank_cache.keys import KeyBuilder
+from rerank_cache.testing import DashScopeServer
 
 API_KEY = "sk-test-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +95,20 @@ def reranker_at(
         api_key=api_key,
         base_url=base_url,
         **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def pair_keys(reranker: QwenReRanker | CachedReRanker, texts: list[str]) -> list[str]:
+    """The store keys of ``texts`` under ``reranker``'s model, instruct, query and scorer."""
+    return KeyBuilder(
+        reranker.model, reranker.instruct, reranker.query, scorer=reranker.scorer_id
+    ).keys(texts)
+
+
+def pairs_sent(server: DashScopeServer) -> Counter[tuple[str | None, str]]:
+    """Each (query, document) the server answered, with how many times."""
+    return Counter(
+        (r.query, doc) for r in server.requests_log if r.status == 200 for doc in r.documents
     )
 
 

@@ -49,10 +49,12 @@ class CachedReRanker(RerankMethods):
             (logged, counted as ``stale_served``), else the :class:`DashScopeError` is
             raised. By default the wrapped reranker's setting. Fallbacks and stale scores
             are counted in the cache's stats.
-        claims: also never send a pair another process is sending (disk store only):
-            misses are claimed in the store before they are sent, and pairs another process
-            claimed are waited for. Off by default: it costs two short write transactions
-            per call that misses; worth it for expensive models (see ``docs/cache.md``). A
+        claims: also never send a pair another process is sending (the disk, Redis and
+            Redis Cluster stores have claims; any other store raises
+            :class:`ConfigurationError`): misses are claimed in the store before they are
+            sent, and pairs another process claimed are waited for. Off by default: it
+            costs two short writes per call that misses (transactions on disk, round trips
+            on Redis); worth it for expensive models (see ``docs/cache.md``). A
             :class:`~rerank_cache.stores.claims.Claims` object may be passed instead of True.
         claim_lease: seconds a claim lasts unless released (a crashed process's claims end
             then); about twice the request timeout. Default

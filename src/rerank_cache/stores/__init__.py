@@ -27,6 +27,8 @@ Modules, lowest first (each imports only modules above it in this list):
 * ``redis``: ``RedisScoreCache``, the store on Redis (needs the optional redis-py):
   connecting, failing open and the request path.
 * ``redis_cluster``: ``RedisClusterScoreCache``, the Redis store on a Redis Cluster.
+* ``claimer``: ``Claimer``, the lease and owner name every kind of claims has.
+* ``redis_claims``: ``RedisClaims``, the claims of the Redis stores (keys beside the scores).
 
 A new backend subclasses :class:`~rerank_cache.stores.base.StoreBase`, implements
 ``get_many``, ``put_many``, ``stats`` and the admin methods plus the base's hooks, and runs

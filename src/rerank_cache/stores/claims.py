@@ -17,8 +17,10 @@ no longer than that, after which another process takes them over.
 Storage trouble fails open, like the store: a claim that cannot be written counts as ours
 (the pair may be sent twice, never lost), a poll that cannot read stops waiting.
 
-Only the disk store (:class:`~rerank_cache.stores.disk.ScoreCache`) has claims: a small
-table in the same SQLite file (:data:`~rerank_cache.stores.sqlite.CLAIMS_TABLE`).
+The disk store (:class:`~rerank_cache.stores.disk.ScoreCache`) keeps its claims in a small
+table of its SQLite file (:data:`~rerank_cache.stores.sqlite.CLAIMS_TABLE`, :class:`DiskClaims`);
+the Redis and Redis Cluster stores keep them as keys next to the scores, expiring with the
+lease (:class:`~rerank_cache.stores.redis_claims.RedisClaims`). Other stores have none.
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigurationError
 from . import sqlite
+from .claimer import Claimer
 from .protocols import ScoreStore
 
 __all__ = ["DEFAULT_LEASE", "Claims", "DiskClaims", "claims_for", "wait_for_claimed"]
@@ -63,7 +66,7 @@ class Claims(Protocol):
         """Which of ``keys`` some process holds a live claim on."""
 
 
-class DiskClaims:
+class DiskClaims(Claimer):
     """Claims in a table of a disk store's SQLite file, through connections of their own.
 
     Args:
@@ -82,28 +85,11 @@ class DiskClaims:
         timeout: float = 5.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if lease <= 0:
-            raise ValueError("the claim lease must be positive")
+        super().__init__(lease=lease)
         self._db = db
-        self._lease = lease
         self._timeout = timeout
         self._clock = clock
         self._local = threading.local()
-        self._pid = -1
-        self._owner = ""
-
-    @property
-    def lease(self) -> float:
-        """Seconds a claim lasts unless released."""
-        return self._lease
-
-    @property
-    def owner(self) -> str:
-        """This process's name in the claims table (a fork gets a new one)."""
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid, self._owner = pid, f"{pid}-{uuid.uuid4().hex}"
-        return self._owner
 
     def __repr__(self) -> str:
         return f"DiskClaims({str(self._db)!r}, lease={self._lease!r})"
@@ -151,18 +137,34 @@ class DiskClaims:
 
 
 def claims_for(store: ScoreStore, *, lease: float, timeout: float = 5.0) -> Claims:
-    """The claims of ``store``.
+    """The claims of ``store``: :class:`DiskClaims` for a disk store,
+    :class:`~rerank_cache.stores.redis_claims.RedisClaims` for a Redis or Redis Cluster one.
+
+    Args:
+        store: the store the claims live in.
+        lease: seconds a claim lasts unless released.
+        timeout: for the disk store, seconds a claim or release waits for another process's
+            write lock (a Redis store's own socket timeout bounds its claims).
 
     Raises:
-        ConfigurationError: the store has no claims (only the disk store has them).
+        ConfigurationError: the store has no claims (it is neither of those).
     """
     from .disk import ScoreCache  # only a claiming reranker loads the disk store here
 
-    if not isinstance(store, ScoreCache):
-        raise ConfigurationError(
-            f"claims=True needs a disk store (ScoreCache), not {type(store).__name__}"
-        )
-    return DiskClaims(store.directory / sqlite.DB_NAME, lease=lease, timeout=timeout)
+    if isinstance(store, ScoreCache):
+        return DiskClaims(store.directory / sqlite.DB_NAME, lease=lease, timeout=timeout)
+    # A Redis store exists only once its module is loaded: no other store imports redis-py.
+    if "rerank_cache.stores.redis" in sys.modules:
+        from .redis import RedisScoreCache
+        from .redis_claims import RedisClaims
+
+        if isinstance(store, RedisScoreCache):
+            return RedisClaims(store, lease=lease)
+    raise ConfigurationError(
+        "claims=True needs a store with claims (ScoreCache, RedisScoreCache or "
+        f"RedisClusterScoreCache), not {type(store).__name__}; pass a Claims object "
+        "of your own as claims= instead"
+    )
 
 
 def wait_for_claimed(

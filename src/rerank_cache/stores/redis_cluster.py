@@ -9,6 +9,7 @@ name between the first ``{`` and the next ``}`` is all that picks the slot)::
                         the same for every key of one (model, instruct, query)
     {{ns}}:counters     the counters hash, in the namespace's slot
     {{ns}}:entries      the entry buckets, in the same slot
+    {ns}:c:{tag}{key}   a claim on a score being fetched, in its score's slot
 
 So the reads of one call are one ``MGET`` on one primary, as on a single Redis; keys of
 several queries in one lookup are read with one ``MGET`` per slot, pipelined per primary.

@@ -9,6 +9,8 @@ The layout under a namespace (default :data:`DEFAULT_NAMESPACE`)::
                      only for ``on_error="stale"`` (:func:`encode_score`, :func:`parse_entry`)
     {ns}:counters    hash "{counter}:{model}" -> integer (HINCRBY): hits, misses, usage...
     {ns}:entries     hash "{expiry bucket}:{ttl ms}:{model}" -> scores stored (HINCRBY)
+    {ns}:c:{key}     a claim on a score being fetched (``claims=True``): the claiming
+                     process's name, expiring with the lease (rerank_cache.stores.redis_claims)
 
 Also the URL handling that keeps passwords out of messages (:func:`redact_url`, kept in
 :mod:`rerank_cache.urls` and re-exported here).
