@@ -9,13 +9,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from rerank_cache import ModelLimits, QwenReRanker, ScoreCache
 from rerank_cache.testing import DashScopeServer
 
-from .helpers import cached, make_docs, run_threads
+from .helpers import API_KEY, cached, make_docs, run_threads
 
 #: Two documents per request: a rerank of n documents sends n / 2 requests.
 SMALL = ModelLimits(max_documents=2, max_item_tokens=4_000, max_request_tokens=30_000)
@@ -135,3 +136,18 @@ def test_forked_child_does_not_use_the_parents_threads(
     # The parent's pool still works.
     assert len(r.rerank([make_docs(6, seed=8)], 6)) == 6
     r.close()
+
+
+def test_a_netrc_login_does_not_replace_the_api_key(
+    server: DashScopeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc entry for the host is not used: the API key header is what is sent."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password not-the-key\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with DashScopeServer(api_keys=[API_KEY]) as strict:
+        r = QwenReRanker("q", rerank_field="content", api_key=API_KEY, base_url=strict.base_url)
+        with r:
+            assert len(r.rerank([make_docs(3, seed=9)], 3)) == 3
+        assert strict.stats.ok_requests == 1
