@@ -27,6 +27,8 @@ from rerank_cache.testing import (
     count_tokens,
     score,
 )
+from rerank_cache.testing.endpoint import Endpoint
+from rerank_cache.testing.limits import served_limits
 
 KEY = "sk-test"
 MODEL = "gte-rerank-v2"
@@ -612,6 +614,43 @@ def test_latency_is_settable() -> None:
         started = time.monotonic()
         assert rerank(srv, DOCS).status_code == 200
         assert time.monotonic() - started >= 0.15
+
+
+def test_latency_runs_from_arrival() -> None:
+    """The latency is the service time from a request's arrival, the server's own work
+    included: a request that arrived a whole latency ago is answered without waiting."""
+    endpoint = Endpoint(
+        limits=served_limits(None, None),
+        key_digests=None,
+        latency=30.0,
+        max_body_bytes=1 << 20,
+        log_limit=None,
+    )
+    replies: list[int] = []
+
+    def respond() -> None:
+        raw = json.dumps(body()).encode()
+        reply = endpoint.respond(
+            RERANK_PATH, raw, None, f"Bearer {KEY}", arrived=time.monotonic() - 30.0
+        )
+        replies.append(reply.status)
+
+    thread = threading.Thread(target=respond, daemon=True)
+    thread.start()
+    thread.join(10)  # the old semantics would wait the whole 30 s
+    endpoint.stopping.set()  # frees the thread if it is still waiting
+    thread.join(10)
+    assert replies == [200]
+
+
+def test_delay_comes_on_top_of_latency() -> None:
+    """delay_next adds to the latency instead of being absorbed by it."""
+    with DashScopeServer(latency=0.1) as srv:
+        srv.delay_next(0.2)
+        started = time.monotonic()
+        assert rerank(srv, DOCS).status_code == 200
+        assert time.monotonic() - started >= 0.3
+        assert srv.requests_log[-1].fault == "delay"
 
 
 def test_lifecycle() -> None:

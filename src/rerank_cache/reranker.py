@@ -288,6 +288,18 @@ class QwenReRanker(RerankMethods):
             f"rerank_field={self._rerank_field!r}, model={self.model!r}, api_key='***')"
         )
 
+    def close(self) -> None:
+        """Stop the request threads and close the connections this reranker keeps between
+        calls (shared with its :meth:`with_query` copies). Also done when it is garbage
+        collected. It stays usable: a later call starts them again."""
+        self._client.close()
+
+    def __enter__(self) -> QwenReRanker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def with_query(self, query: str) -> QwenReRanker:
         """Return a copy for another query, sharing the client (key, settings, usage)."""
         return QwenReRanker._from_client(

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import os
 import random
 import threading
 import weakref
@@ -35,7 +36,7 @@ from ..urls import redact_url
 from .responses import check, translate
 from .results import BatchResult, ScoreResult, UsageTotals
 from .retry import Attempts, RetryableError, RetryLog, RetryPolicy, overall_deadline
-from .sdk import pooled_session, prepare_async_sdk
+from .sdk import MIN_POOL_SIZE, pooled_session, prepare_async_sdk
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -107,6 +108,8 @@ class DashScopeClient:
         self._totals = UsageTotals()
         self._retry_log = RetryLog()
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
+        self._pool: ThreadPoolExecutor | None = None  # the sync path's request threads, lazily
+        self._owner_pid = 0  # the process that made the session and the pool
         self._async_ready = False
         # The SDK takes a few tenths of a second to import: pay it when a reranker is built
         # (start-up), not on its first request. Modules that never build one (the CLI's
@@ -118,6 +121,20 @@ class DashScopeClient:
             f"DashScopeClient(model={self.model!r}, base_url={self.base_url!r}, "
             f"api_key='***', instruct={self.instruct!r})"
         )
+
+    def close(self) -> None:
+        """Stop this client's request threads and close its connections.
+
+        Idempotent. The client stays usable: a later call starts new threads and opens new
+        connections. Calls still running on other threads when it is closed may fail.
+        """
+        with self._lock:
+            pool, session = self._pool, self._session
+            self._pool = self._session = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if session is not None:
+            session.close()
 
     @property
     def usage(self) -> UsageTotals:
@@ -221,14 +238,23 @@ class DashScopeClient:
         deadline: float | None,
         done: Callable[[BatchResult], None],
     ) -> None:
-        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rerank-cache")
+        pool = self._executor()
         pending: set[Future[BatchResult]] = set()
         error: BaseException | None = None
-        try:
-            # Each request is submitted as soon as it is planned: it is on the wire while
-            # the following ones are still being estimated.
-            for group in groups:
+        todo = iter(groups)
+
+        def fill() -> None:
+            # At most max_concurrency of this call's requests in flight (the pool is shared
+            # with other calls). Each is submitted as soon as it is planned: it is on the
+            # wire while the following ones are still being estimated.
+            while error is None and len(pending) < self.max_concurrency:
+                group = next(todo, None)
+                if group is None:
+                    return
                 pending.add(pool.submit(self._send, query, group, deadline))
+
+        try:
+            fill()
             while pending:
                 # Hand each request to `done` as soon as it completes, so its scores are
                 # stored even if a later request fails or the process dies.
@@ -244,14 +270,16 @@ class DashScopeClient:
                         # Stop what has not started; what is in flight finishes and is kept.
                         for other in pending:
                             other.cancel()
+                fill()
         except BaseException:
             # Interrupted (Ctrl-C, a failing callback): start nothing new.
             for other in pending:
                 other.cancel()
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            # Requests that were in flight when we stopped were paid for: keep them.
+            # Return only once nothing of this call runs any more (as a private pool's
+            # shutdown would); requests that were in flight were paid for: keep them.
+            wait(pending)
             for future in pending:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     try:
@@ -389,10 +417,38 @@ class DashScopeClient:
     def _http_session(self) -> Any:
         """This client's connection pool for the sync path, closed when it is collected."""
         with self._lock:
+            self._forget_parent()
             if self._session is None:
                 self._session = pooled_session(self.max_concurrency)
                 weakref.finalize(self, self._session.close)
             return self._session
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """This client's request threads, kept across calls (starting threads per call
+        cost a cold call tens of milliseconds) and stopped when it is collected.
+
+        Shared by concurrent calls and :meth:`with_query` copies, so it holds as many
+        threads as the connection pool holds connections; each call bounds its own
+        requests in flight by ``max_concurrency``. Threads start only when none is idle.
+        """
+        with self._lock:
+            self._forget_parent()
+            if self._pool is None:
+                size = max(self.max_concurrency, MIN_POOL_SIZE)
+                self._pool = ThreadPoolExecutor(size, thread_name_prefix="rerank-cache")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+            return self._pool
+
+    def _forget_parent(self) -> None:
+        """In a forked child, drop the parent's pool and connections (under ``_lock``).
+
+        The child has none of the parent's threads, so work queued on its pool would never
+        run, and its kept-alive sockets are the parent's too.
+        """
+        pid = os.getpid()
+        if self._owner_pid != pid:
+            self._pool = self._session = None
+            self._owner_pid = pid
 
     def _call_kwargs(self, query: str, texts: tuple[str, ...], timeout: float) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -11,10 +11,11 @@ import io
 import time
 from typing import Any
 
-__all__ = ["close_async_sessions", "pooled_session", "prepare_async_sdk"]
+__all__ = ["MIN_POOL_SIZE", "close_async_sessions", "pooled_session", "prepare_async_sdk"]
 
-#: Idle connections kept per client, at least (threads share a client through with_query).
-_MIN_POOL_SIZE = 64
+#: Idle connections (and request threads) kept per client, at least: threads share a
+#: client through with_query.
+MIN_POOL_SIZE = 64
 
 
 def prepare_async_sdk() -> None:
@@ -35,12 +36,21 @@ def pooled_session(max_concurrency: int) -> Any:
     import requests
 
     session = requests.Session()
+    # Any auth set here stops requests from reading ~/.netrc on every request (two stat
+    # calls each) and, worse, from replacing the SDK's API key header with a netrc login
+    # for the host. The key header is all the authentication DashScope takes.
+    session.auth = _keep_request
     # with_query copies share this client across threads: keep room for them.
-    size = max(max_concurrency, _MIN_POOL_SIZE)
+    size = max(max_concurrency, MIN_POOL_SIZE)
     adapter = _bounded_adapter_class()(pool_connections=1, pool_maxsize=size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def _keep_request(request: Any) -> Any:
+    """An auth hook that leaves the request as the SDK built it."""
+    return request
 
 
 async def close_async_sessions() -> None:

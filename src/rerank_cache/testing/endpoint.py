@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -41,12 +42,12 @@ class Endpoint:
     Args:
         limits: The models served, with their limits.
         key_digests: SHA-256 digests of the accepted keys; ``None`` accepts any key.
-        latency: Seconds to wait before every answer.
+        latency: Seconds from a request's arrival to its answer (see :meth:`respond`).
         max_body_bytes: Largest accepted request body.
         log_limit: How many requests the log keeps; ``None`` keeps all.
 
     Attributes:
-        latency: Seconds to wait before every answer (read per request).
+        latency: Seconds from a request's arrival to its answer (read per request).
         faults: The injected faults waiting for requests.
         recorder: The counters and the request log.
         stopping: Set when the server stops; cuts every wait short.
@@ -76,15 +77,29 @@ class Endpoint:
         return not self.stopping.wait(seconds)
 
     def respond(
-        self, path: str, body: bytes | None, framing: ApiError | None, authorization: str | None
+        self,
+        path: str,
+        body: bytes | None,
+        framing: ApiError | None,
+        authorization: str | None,
+        *,
+        arrived: float,
     ) -> Reply:
-        """Answer one POST (after ``latency``) and record it.
+        """Answer one POST ``latency`` seconds after it arrived, and record it.
+
+        The latency is the service time, as a client of a remote service sees it: the
+        work of answering (parsing, checking, scoring) is part of it, and only what is
+        left of it is waited out. So concurrent requests are answered ``latency`` after
+        their own arrival even though this process scores them one at a time, unless
+        the scoring alone takes longer. An injected delay (:meth:`DashScopeServer.delay_next`)
+        comes on top.
 
         Args:
             path: The URL path, without the query string.
             body: The request body; None when it was larger than ``max_body_bytes``.
             framing: Why the body could not be read at all (answered as is), or None.
             authorization: The ``Authorization`` header, if any.
+            arrived: When the request arrived, on the ``time.monotonic()`` clock.
         """
         if framing is not None:
             reply, seen = error_reply(framing.status, framing.code, framing.message), Seen()
@@ -93,7 +108,8 @@ class Endpoint:
             reply, seen = not_found_reply(), Seen()
         else:
             reply, seen = self.answer(body, authorization)
-        if reply.status != 0 and not self.wait(self.latency):
+        left = self.latency - (time.monotonic() - arrived)
+        if reply.status != 0 and not self.wait(max(left, 0.0) + reply.delay):
             reply = dropped_reply("shutdown", reply.request_id)
         self.recorder.record(path, seen, reply)
         return reply
@@ -127,9 +143,6 @@ class Endpoint:
             reply = Reply(status=fault.status, request_id=request_id, raw_body=fault.body)
             reply.fault = "body"
             return reply, seen
-        if fault is not None and fault.kind == "delay" and not self.wait(fault.seconds):
-            return dropped_reply("shutdown"), seen
-
         try:
             if body is None:
                 raise ApiError(413, "BadRequest.TooLarge", "Request entity too large.")
@@ -144,9 +157,12 @@ class Endpoint:
             reply = error_reply(error.status, error.code, error.message)
             if fault is not None:
                 reply.fault = fault.label
+                reply.delay = fault.seconds if fault.kind == "delay" else 0.0
             return reply, seen
         if fault is not None:
             reply.fault = fault.label
+            if fault.kind == "delay":
+                reply.delay = fault.seconds
             if fault.kind == "malform" and fault.malform is not None:
                 apply_malform(reply, fault.malform, n_documents)
             if fault.kind == "trickle":

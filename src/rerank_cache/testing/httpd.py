@@ -14,6 +14,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -115,6 +116,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """Serve the rerank endpoint; every other path gets a 404 error."""
+        arrived = time.monotonic()  # the headers are in: the service time starts
         endpoint = self.server.endpoint
         framing: ApiError | None = None
         body: bytes | None = b""
@@ -127,7 +129,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         path = urlsplit(self.path).path
         with endpoint.recorder.in_flight():
-            self._send(endpoint.respond(path, body, framing, self.headers.get("Authorization")))
+            authorization = self.headers.get("Authorization")
+            self._send(endpoint.respond(path, body, framing, authorization, arrived=arrived))
 
     def _not_found(self) -> None:
         reply = not_found_reply()

@@ -33,8 +33,10 @@ class DashScopeServer:
     Args:
         api_keys: Keys to accept. ``None`` accepts any non-empty key; an empty iterable
             accepts none. Only SHA-256 digests of the keys are kept.
-        latency: Seconds to wait before every answer, to simulate the service's latency.
-            Also settable later through the :attr:`latency` attribute.
+        latency: Seconds from a request's arrival to its answer, to simulate the
+            service's latency. Like a remote service's, it includes the work of answering:
+            only what the scoring left of it is waited out. Also settable later through
+            the :attr:`latency` attribute.
         max_documents: Per-model override of the most documents accepted per request.
         models: Extra models, or replacement limits for known ones (see :data:`MODEL_LIMITS`).
         max_body_bytes: Largest accepted request body; larger ones get 413.
@@ -186,7 +188,8 @@ class DashScopeServer:
 
     @property
     def latency(self) -> float:
-        """Seconds to wait before every answer (thread-safe to change at any time)."""
+        """Seconds from a request's arrival to its answer, scoring included (thread-safe
+        to change at any time)."""
         return self._endpoint.latency
 
     @latency.setter

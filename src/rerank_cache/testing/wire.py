@@ -77,6 +77,7 @@ class Reply:
 
     ``status`` 0 means: drop the connection without an answer. ``trickle`` is
     ``(seconds, chunk)``: send the body ``chunk`` bytes at a time, ``seconds`` apart.
+    ``delay`` is an injected wait, in seconds, on top of the latency.
     """
 
     status: int
@@ -90,6 +91,7 @@ class Reply:
     fault: str | None = None
     close: bool = False
     trickle: tuple[float, int] | None = None
+    delay: float = 0.0
 
 
 @dataclass
