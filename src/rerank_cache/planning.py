@@ -308,6 +308,11 @@ def _place(position: Any, index: int) -> str:
     return f"query_results[{position!r}][{index}]"
 
 
+def _index_of(docs: Sequence[Any], doc: Any) -> int:
+    """The position of ``doc`` (this very object) in ``docs``."""
+    return next(index for index, other in enumerate(docs) if other is doc)
+
+
 def _unusable(doc: Any, rerank_field: str, where: str, exc: Exception) -> ConfigurationError:
     """The error for a document that failed on the fast path, as precise as can be said."""
     try:
@@ -343,10 +348,11 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
     # The loops are inlined (not :func:`_placed_docs`): a generator's per-document resume
     # was a tenth of an all-hit rerank.
     for position, docs in _doc_lists(query_results):
-        for index, doc in enumerate(docs):
+        seen += len(docs)
+        for doc in docs:  # no enumerate: the index is found again only for an error
             if doc is None:
+                seen -= 1
                 continue
-            seen += 1
             try:
                 doc_id = doc.id
                 if doc_id in ids:
@@ -359,7 +365,8 @@ def collect(query_results: Any, rerank_field: str, limits: ModelLimits) -> Colle
                         continue
                 add(doc_id)  # `set() in ids` works (as a frozenset); adding finds it unhashable
             except Exception as exc:  # the caller's object misbehaved: say which and how
-                raise _unusable(doc, rerank_field, _place(position, index), exc) from exc
+                where = _place(position, _index_of(docs, doc))
+                raise _unusable(doc, rerank_field, where, exc) from exc
             append((doc, text))
             texts[text] = None
     return Collected(tuple(candidates), tuple(texts), seen)
