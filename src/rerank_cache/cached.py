@@ -86,6 +86,7 @@ class CachedReRanker(RerankMethods):
             getattr(reranker, "on_error", "raise") if on_error is None else on_error
         )
         self._flights = _flights_for(cache)
+        self._keys: tuple[tuple[str, str | None, str, str], KeyBuilder] | None = None
         self._claims: Claims | None = (
             (claims_for(cache, lease=claim_lease) if claims else None)
             if isinstance(claims, bool)
@@ -167,6 +168,19 @@ class CachedReRanker(RerankMethods):
         """Deduplicate the documents and compute the exact texts to send (no I/O)."""
         return self._reranker.prepare(query_results)
 
+    def _key_builder(
+        self, model: str, instruct: str | None, query: str, scorer: str
+    ) -> KeyBuilder:
+        """The key builder of this (model, instruct, query, scorer), kept between calls
+        (a copy per query is the usual use, so it is built once)."""
+        made = self._keys
+        if made is None or made[0] != (model, instruct, query, scorer):
+            made = self._keys = (
+                (model, instruct, query, scorer),
+                KeyBuilder(model, instruct, query, scorer=scorer),
+            )
+        return made[1]
+
     # -- scoring ---------------------------------------------------------------------------
 
     def score_texts(
@@ -180,10 +194,11 @@ class CachedReRanker(RerankMethods):
         ``batches`` in the result lists only the requests this call sent.
         """
         cache = self._cache
-        model = self._reranker.model
-        keys = KeyBuilder(
-            model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
-        ).keys(texts)
+        reranker = self._reranker
+        model = reranker.model
+        keys = self._key_builder(model, reranker.instruct, reranker.query, reranker.scorer_id).keys(
+            texts
+        )
         found = cache.get_many(keys)
         scores, pending = _split(texts, keys, found)
         # Counted before fetching, so the fetch's write transaction publishes the counts.
@@ -212,13 +227,14 @@ class CachedReRanker(RerankMethods):
         transaction or not at all, and tasks waiting on its keys fetch them themselves.
         """
         cache = self._cache
-        model = self._reranker.model
-        keys = KeyBuilder(
-            model, self._reranker.instruct, self._reranker.query, scorer=self._reranker.scorer_id
-        ).keys(texts)
+        reranker = self._reranker
+        model = reranker.model
+        keys = self._key_builder(model, reranker.instruct, reranker.query, reranker.scorer_id).keys(
+            texts
+        )
         found = await asyncio.to_thread(cache.get_many, keys)
         scores, pending = _split(texts, keys, found)
-        await asyncio.to_thread(cache.record_lookup, model, hits=len(scores), misses=len(pending))
+        cache.record_lookup(model, hits=len(scores), misses=len(pending))  # memory only
         sent: list[BatchResult] = []
         if pending:
             key_of = dict(zip(texts, keys, strict=True))

@@ -37,7 +37,11 @@ class PendingCounters:
     def add(self, model: str, deltas: Mapping[str, int]) -> None:
         """Count ``deltas`` for ``model`` (``""``: not tied to a model)."""
         with self._lock:
-            self._pending.setdefault(model, Counter()).update(deltas)
+            counts = self._pending.get(model)
+            if counts is None:
+                counts = self._pending[model] = Counter()
+            for name, delta in deltas.items():  # not Counter.update: a Python loop of its own
+                counts[name] += delta
 
     def take(self) -> dict[str, Counter[str]]:
         """Return everything pending and start over (the caller writes it)."""

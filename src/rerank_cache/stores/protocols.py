@@ -107,7 +107,11 @@ class ScoreStore(Protocol):
     def record_lookup(
         self, model: str, *, hits: int, misses: int, purpose: Purpose = "app"
     ) -> None:
-        """Count pairs looked up (by an application, or by warming)."""
+        """Count pairs looked up (by an application, or by warming).
+
+        Called on the event loop by ``arerank``/``ascore_texts``: it must not wait for I/O
+        (the built-in stores keep the counts in memory and write them later).
+        """
 
     def record_stale(self, model: str, served: int) -> None:
         """Count scores served stale because DashScope failed."""
