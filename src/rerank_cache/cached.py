@@ -168,9 +168,7 @@ class CachedReRanker(RerankMethods):
         """Deduplicate the documents and compute the exact texts to send (no I/O)."""
         return self._reranker.prepare(query_results)
 
-    def _key_builder(
-        self, model: str, instruct: str | None, query: str, scorer: str
-    ) -> KeyBuilder:
+    def _key_builder(self, model: str, instruct: str | None, query: str, scorer: str) -> KeyBuilder:
         """The key builder of this (model, instruct, query, scorer), kept between calls
         (a copy per query is the usual use, so it is built once)."""
         made = self._keys
