@@ -1,7 +1,8 @@
 """Row 4, many processes: 4 processes reranking overlapping pairs on one cache directory;
 throughput, errors, and documents sent beyond the floor next to ``duplicate_sends``, once
 with claims off (the default) and once with ``claims=True``; with claims on no pair may be
-sent twice, at no less than 0.8x the throughput of claims off.
+sent twice, at no less than 0.8x the throughput of claims off. Then the same on one private
+``redis-server`` (skipped with a note when redis-server or redis-py is missing).
 
 Alone, from the repository root: ``python scripts/bench.py --only processes [--quick]``
 or ``PYTHONPATH=scripts python -m benchmarks.processes [--quick]``.
@@ -25,8 +26,9 @@ from benchmarks.common import (
     child_env,
     local_server,
 )
+from benchmarks.redis_hit import redis_server
 from benchmarks.workload import make_workload, request_texts
-from rerank_cache import ScoreCache, read_stats
+from rerank_cache import ScoreCache
 
 _CHILD = textwrap.dedent(
     """
@@ -40,7 +42,7 @@ _CHILD = textwrap.dedent(
         (query, [[Doc(str(i), fields={"content": texts[i]}) for i in route] for route in routes])
         for query, routes in spec["requests"][me]
     ]
-    cache = ScoreCache(spec["cache_dir"])
+    cache = ScoreCache.from_url(spec["store"], **spec["options"])
     base = CachedReRanker(QwenReRanker(
         "child", topn=10, rerank_field="content", api_key=spec["api_key"],
         base_url=spec["base_url"], timeout=30.0,
@@ -67,7 +69,6 @@ def bench_processes(ctx: Context) -> list[Row]:
     then on."""
     n_procs = 4
     per_proc = 100 if ctx.quick else 500
-    latency = 0.05
     corpus = ctx.corpus
     # A shared pool of requests (queries with pages and routes); each process draws its
     # own seeded sequence from it, popular ones more often, so processes race for pairs.
@@ -84,11 +85,36 @@ def bench_processes(ctx: Context) -> list[Row]:
         per.append(mine)
     section = "4 many processes"
     rows: list[Row] = []
+    rows += _backend(ctx, per, pairs, section, "", None)
+    with redis_server() as url:
+        if url is None:
+            rows.append(Row(section, "Redis: skipped (no redis-server on PATH)", "—", "—"))
+        else:
+            try:
+                import redis  # noqa: F401  # the Redis store needs redis-py
+            except ImportError:
+                rows.append(Row(section, "Redis: skipped (redis-py not installed)", "—", "—"))
+            else:
+                rows += _backend(ctx, per, pairs, section, "Redis, ", url)
+    return rows
+
+
+def _backend(
+    ctx: Context,
+    per: list[list[tuple[str, list[list[int]]]]],
+    pairs: set[tuple[str, str]],
+    section: str,
+    prefix: str,
+    redis_url: str | None,
+) -> list[Row]:
+    """The race with claims off, then on, on one backend: its rows."""
+    n_procs, per_proc, latency = len(per), len(per[0]), 0.05
+    rows: list[Row] = []
     rates: dict[bool, float] = {}
     for claims in (False, True):
-        race = _race(ctx, per, claims, latency)
+        race = _race(ctx, per, claims, latency, redis_url)
         rates[claims] = race["reranks"] / race["wall"]
-        label = "claims on" if claims else "claims off"
+        label = prefix + ("claims on" if claims else "claims off")
         extra = race["sent"] - len(pairs)
         rows += [
             Row(
@@ -99,7 +125,7 @@ def bench_processes(ctx: Context) -> list[Row]:
                 "—",
                 f"{rates[claims]:,.0f} reranks/s ({race['reranks']:,} in {race['wall']:.2f} s)",
                 None,
-                {"reranks_per_s": rates[claims], "claims": claims},
+                {"reranks_per_s": rates[claims], "claims": claims, "redis": bool(redis_url)},
             ),
             Row(
                 section,
@@ -129,22 +155,28 @@ def bench_processes(ctx: Context) -> list[Row]:
     rows.append(
         Row(
             section,
-            "throughput with claims on / claims off",
+            f"{prefix}throughput with claims on / claims off",
             ">= 0.8x",
             f"{ratio:.2f}x",
             ratio >= 0.8,
-            {"ratio": ratio},
+            {"ratio": ratio, "redis": bool(redis_url)},
         )
     )
     return rows
 
 
 def _race(
-    ctx: Context, per: list[list[tuple[str, list[list[int]]]]], claims: bool, latency: float
+    ctx: Context,
+    per: list[list[tuple[str, list[list[int]]]]],
+    claims: bool,
+    latency: float,
+    redis_url: str | None,
 ) -> dict[str, Any]:
-    """Start one process per request list on a fresh cache directory, together; gather."""
-    name = "processes-claims" if claims else "processes"
-    cache_dir = ctx.tmp / name
+    """Start one process per request list on a fresh store, together; gather."""
+    name = ("redis-" if redis_url else "") + ("processes-claims" if claims else "processes")
+    store = redis_url or str(ctx.tmp / name)
+    # On Redis each race has a namespace of its own: counters outlive a clear.
+    options = {"namespace": f"bench-{name}"} if redis_url else {}
     with local_server(latency=latency) as server:
         spec_path = ctx.tmp / f"{name}.json"
         spec_path.write_text(
@@ -152,14 +184,15 @@ def _race(
                 {
                     "texts": ctx.corpus.texts,
                     "requests": per,
-                    "cache_dir": str(cache_dir),
+                    "store": store,
+                    "options": options,
                     "api_key": API_KEY,
                     "base_url": server.base_url,
                     "claims": claims,
                 }
             )
         )
-        ScoreCache(cache_dir).close()  # create it once, before the race
+        ScoreCache.from_url(store, **options).close()  # created once, before the race
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", _CHILD, str(spec_path), str(p)],
@@ -195,10 +228,12 @@ def _race(
                     proc.wait()
         sent = server.stats.documents
         requests = server.stats.ok_requests
+    with ScoreCache.from_url(store, **options) as done:
+        duplicate_sends = done.stats().duplicate_sends
     return {
         "sent": sent,
         "requests": requests,
-        "duplicate_sends": read_stats(cache_dir).duplicate_sends,
+        "duplicate_sends": duplicate_sends,
         "wall": max(o["ended"] for o in outputs) - min(o["started"] for o in outputs),
         "reranks": sum(o["reranks"] for o in outputs),
         "errors": sum(o["errors"] for o in outputs),
