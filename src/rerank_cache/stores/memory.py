@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Hashable, Iterable, Mapping
+from operator import itemgetter
 
 __all__ = ["DEFAULT_MEMORY_ENTRIES", "ENTRY_BYTES", "MemoryTier"]
 
@@ -32,6 +33,7 @@ DEFAULT_MEMORY_ENTRIES = 50_000
 ENTRY_BYTES = 250
 
 _NEVER = math.inf
+_SCORE, _EXPIRY = itemgetter(0), itemgetter(1)
 
 
 class MemoryTier:
@@ -77,6 +79,16 @@ class MemoryTier:
         found: dict[str, float] = {}
         missing: list[str] = []
         with self._lock:
+            if not isinstance(keys, list):
+                keys = list(keys)
+            # Usually every key is held and live: four C-level passes, no Python per key.
+            try:
+                held = list(map(self._entries.__getitem__, keys))
+            except KeyError:
+                pass
+            else:
+                if not held or min(map(_EXPIRY, held)) > now:
+                    return dict(zip(keys, map(_SCORE, held), strict=True)), missing
             get = self._entries.get
             for key in keys:
                 entry = get(key)
