@@ -7,7 +7,7 @@ layer over a disk store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -140,6 +140,63 @@ def test_two_threads_single_flight(
     for i in range(2):
         assert len(results[i]) == 40
         assert all(d.score == score(r.query, d.field("content")) for d in results[i])
+
+
+class _CountingCache(ScoreCache):
+    """A ScoreCache that counts reads and can hold one thread right after its first read."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.reads = 0
+        self.hold: str | None = None  # the name of the thread to hold
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, float]:
+        found = super().get_many(keys)
+        self.reads += 1
+        if threading.current_thread().name == self.hold:
+            self.hold = None
+            self.held.set()
+            self.release.wait(10)
+        return found
+
+
+def test_a_pair_stored_between_first_read_and_claim_is_not_sent_again(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
+) -> None:
+    """A thread that missed pairs, then claims them after another thread sent, stored and
+    released them, reads them again instead of sending them twice."""
+    with _CountingCache(tmp_path / "scores") as cache:
+        r = cached(make_reranker, cache)
+        docs = make_docs(6)
+        cache.hold = "late"
+        results: list[list[Doc]] = []
+        late = threading.Thread(
+            target=lambda: results.append(r.rerank([docs], 6)), name="late", daemon=True
+        )
+        late.start()
+        assert cache.held.wait(10)  # "late" read its misses and has claimed nothing yet
+        r.with_query(r.query).rerank([docs])  # sends, stores and releases the six pairs
+        cache.release.set()
+        late.join(10)
+        assert server.stats.requests == 1
+        assert [d.score for d in results[0]] == sorted(
+            (score(r.query, d.field("content")) for d in docs), reverse=True
+        )
+
+
+def test_the_second_read_is_skipped_when_no_claim_was_released_meanwhile(
+    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
+) -> None:
+    """One cold call alone reads the store once: nothing could have landed since."""
+    with _CountingCache(tmp_path / "scores") as cache:
+        r = cached(make_reranker, cache)
+        r.rerank([make_docs(6)])
+        assert (cache.reads, server.stats.requests) == (1, 1)
+        with_claims = CachedReRanker(r.reranker.with_query("another query"), cache, claims=True)
+        with_claims.rerank([make_docs(6)])
+        assert cache.reads == 3  # with claims, another process may have stored: read again
 
 
 def test_waiters_share_the_owners_failure(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import math
+import socket
 import threading
 import time
 import urllib.error
@@ -234,6 +236,31 @@ def test_any_key_accepted_without_api_keys() -> None:
     """Without api_keys any non-empty key is accepted."""
     with DashScopeServer() as srv:
         assert rerank(srv, DOCS, api_key="anything").status_code == 200
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+def test_reuse_port_lets_servers_share_a_port_and_both_serve() -> None:
+    """With reuse_port, a second server binds the first one's port; the kernel spreads new
+    connections over both, and each answers its share."""
+    with (
+        DashScopeServer(api_keys=[KEY], reuse_port=True) as first,
+        DashScopeServer(api_keys=[KEY], port=first.port, reuse_port=True) as second,
+    ):
+        assert second.port == first.port
+        for _ in range(40):  # urllib opens a new connection per request
+            assert post(first, body())[0] == 200
+        counts = [first.stats.ok_requests, second.stats.ok_requests]
+    assert sum(counts) == 40
+    assert min(counts) > 0  # all 40 to one of two sockets: odds of 2**-39
+
+
+def test_without_reuse_port_a_taken_port_cannot_be_bound() -> None:
+    """The default keeps a server's port its own."""
+    with DashScopeServer() as first:
+        second = DashScopeServer(port=first.port)
+        with pytest.raises(OSError, match="in use") as info:
+            second.start()
+    assert info.value.errno == errno.EADDRINUSE
 
 
 def test_api_keys_as_single_string_rejected() -> None:

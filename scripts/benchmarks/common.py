@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from rerank_cache import QwenReRanker, ScoreCache
 
@@ -124,7 +125,8 @@ _SERVER_CHILD = textwrap.dedent(
     import dataclasses, json, sys
     from rerank_cache.testing import DashScopeServer
 
-    with DashScopeServer(log_limit=0, latency=float(sys.argv[1])) as server:
+    latency, port, reuse_port = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+    with DashScopeServer(log_limit=0, latency=latency, port=port, reuse_port=reuse_port) as server:
         print(server.base_url, flush=True)
         for _ in sys.stdin:  # any line asks for the counters; end of input stops the server
             print(json.dumps(dataclasses.asdict(server.stats)), flush=True)
@@ -137,52 +139,92 @@ class ServerProcess:
 
     The real service's CPU work does not run in the client's process: here the test server
     scoring 2,000 documents would otherwise hold this process's GIL while its requests wait.
+
+    With ``processes`` > 1, that many children listen on one port (``SO_REUSEPORT``: the
+    kernel hands each new connection to one of them), so requests are read and scored in
+    parallel, as the real service serves them on many machines; one child serves its
+    requests one at a time under its GIL, and the last of a wave arrives late. ``stats``
+    sums the children's counters (``max_in_flight`` too: an upper bound).
     """
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, *, processes: int = 1) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
         self.latency = latency
+        self.processes = processes
         self.base_url = ""
-        self._proc: subprocess.Popen[str] | None = None
+        self._procs: list[subprocess.Popen[str]] = []
 
     def __enter__(self) -> ServerProcess:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_CHILD, str(self.latency)],
+        try:
+            port = 0
+            for _ in range(self.processes):
+                base_url = self._start_child(port)
+                if not self.base_url:
+                    self.base_url = base_url
+                    port = urlsplit(base_url).port or 0
+                elif base_url != self.base_url:
+                    raise RuntimeError("a server process did not bind the shared port")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start_child(self, port: int) -> str:
+        reuse = "1" if self.processes > 1 else "0"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_CHILD, str(self.latency), str(port), reuse],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=child_env(),
         )
-        assert self._proc.stdout is not None
-        self.base_url = self._proc.stdout.readline().strip()
-        if not self.base_url.startswith("http://127.0.0.1:"):
-            self.__exit__()
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().strip()
+        if not base_url.startswith("http://127.0.0.1:"):
             raise RuntimeError("the server process did not start")
-        return self
+        return base_url
 
     @property
     def stats(self) -> ServerStats:
-        """The server's counters now."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
+        """The server's counters now (summed over its processes)."""
+        if not self._procs:
             raise RuntimeError("the server process is not running")
-        proc.stdin.write("stats\n")
-        proc.stdin.flush()
-        data = json.loads(proc.stdout.readline())
-        data["errors_by_status"] = {int(k): v for k, v in data["errors_by_status"].items()}
-        return ServerStats(**data)
+        total = ServerStats()
+        for proc in self._procs:
+            if proc.stdin is None or proc.stdout is None:
+                raise RuntimeError("the server process is not running")
+            proc.stdin.write("stats\n")
+            proc.stdin.flush()
+            data = json.loads(proc.stdout.readline())
+            errors = dict(total.errors_by_status)
+            for status, count in data["errors_by_status"].items():
+                errors[int(status)] = errors.get(int(status), 0) + count
+            total = ServerStats(
+                requests=total.requests + data["requests"],
+                ok_requests=total.ok_requests + data["ok_requests"],
+                documents=total.documents + data["documents"],
+                tokens=total.tokens + data["tokens"],
+                errors_by_status=errors,
+                max_in_flight=total.max_in_flight + data["max_in_flight"],
+            )
+        return total
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._proc is not None:
+        procs, self._procs = self._procs, []
+        for proc in procs:
             with contextlib.suppress(OSError):
-                assert self._proc.stdin is not None
-                self._proc.stdin.close()
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for proc in procs:
             try:
-                self._proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def reranker_for(base_url: str, cache: ScoreCache, **kwargs: Any) -> Any:

@@ -296,6 +296,7 @@ _MAX_TOKENS = 2**63 - 1
 #: What a field of a JSON body can hold (anything else, such as a test double's made-up
 #: attribute, is no value at all).
 _JSON_VALUES = (str, int, float, bool, list, dict, type(None))
+_JSON_TYPES = frozenset(_JSON_VALUES)
 
 
 def _part(container: Any, name: str) -> Any:
@@ -304,6 +305,8 @@ def _part(container: Any, name: str) -> Any:
     The SDK's own response objects are dicts that also allow attribute access; tests (and
     the zvec suites that patch ``TextReRank.call``) build plain dicts or plain objects.
     """
+    if isinstance(container, dict):  # the SDK's types: a C-level check before the ABC's
+        return container.get(name)
     if container is None:
         return None
     if isinstance(container, Mapping):
@@ -314,11 +317,15 @@ def _part(container: Any, name: str) -> Any:
 def _leaf(container: Any, name: str) -> Any:
     """A scalar field (:func:`_part`), or None where it holds no JSON value."""
     value = _part(container, name)
+    if type(value) in _JSON_TYPES:  # exact types first: one set lookup per field
+        return value
     return value if isinstance(value, _JSON_VALUES) else None
 
 
 def _is_finite_number(value: object) -> bool:
     """Whether ``value`` is an int or float that converts to a finite float."""
+    if type(value) is float:  # what every score is
+        return math.isfinite(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:

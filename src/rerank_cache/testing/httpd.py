@@ -37,13 +37,19 @@ class HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], endpoint: Endpoint) -> None:
+    def __init__(
+        self, address: tuple[str, int], endpoint: Endpoint, *, reuse_port: bool = False
+    ) -> None:
         self.endpoint = endpoint
+        self._reuse_port = reuse_port
         self._connections_lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
+        if self._reuse_port:
+            # Set here, not through allow_reuse_port, which Python 3.10 lacks.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # HTTPServer.server_bind does a reverse-DNS lookup (socket.getfqdn); skip it.
         socketserver.TCPServer.server_bind(self)
         host, port = self.socket.getsockname()[:2]

@@ -44,6 +44,9 @@ class DashScopeServer:
             ``None`` keeps all.
         host: The interface to bind.
         port: The port to bind; 0 picks a free one.
+        reuse_port: Let other servers (in other processes) bind the same port with
+            ``SO_REUSEPORT``; the kernel then spreads new connections between them, as a
+            service spreads requests over machines. Where the platform has it (Linux).
 
     Raises:
         TypeError: If ``api_keys`` is a single string.
@@ -61,6 +64,7 @@ class DashScopeServer:
         log_limit: int | None = 10_000,
         host: str = "127.0.0.1",
         port: int = 0,
+        reuse_port: bool = False,
     ) -> None:
         if isinstance(api_keys, (str, bytes)):
             raise TypeError("api_keys must be an iterable of keys, not a single string")
@@ -85,6 +89,7 @@ class DashScopeServer:
         )
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self._lock = threading.Lock()  # guards the lifecycle: start once, stop once
         self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -101,7 +106,9 @@ class DashScopeServer:
         with self._lock:
             if self._httpd is not None or self._stopped:
                 raise RuntimeError("DashScopeServer was already started; create a new one")
-            self._httpd = HTTPServer((self._host, self._port), self._endpoint)
+            self._httpd = HTTPServer(
+                (self._host, self._port), self._endpoint, reuse_port=self._reuse_port
+            )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.01},
