@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -19,6 +20,8 @@ from typing import Any
 import dashscope
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rerank_cache import planning
 from rerank_cache.testing import (
@@ -28,9 +31,11 @@ from rerank_cache.testing import (
     ModelLimits,
     count_tokens,
     score,
+    scoring,
 )
 from rerank_cache.testing.endpoint import Endpoint
 from rerank_cache.testing.limits import served_limits
+from rerank_cache.testing.scoring import pair_scorer
 
 KEY = "sk-test"
 MODEL = "gte-rerank-v2"
@@ -204,6 +209,41 @@ def test_count_tokens_rule() -> None:
     assert count_tokens("向量数据库") == 5
     assert count_tokens("😀") == 2
     assert count_tokens("café") == 2  # "caf" + "é"
+
+
+def _counted_by_the_rule(text: str) -> int:
+    """count_tokens' documented rule, unit by unit (the slow reference)."""
+    letters = sum((len(run) + 3) // 4 for run in re.findall("[A-Za-z]+", text))
+    ascii_singles = sum(1 for c in text if c.isascii() and 33 <= ord(c) <= 126 and not c.isalpha())
+    others = sum(2 if ord(c) > 0xFFFF else 1 for c in text if not c.isascii() and not c.isspace())
+    return letters + ascii_singles + others
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(max_size=120)
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=200)
+    | st.text(alphabet="abcdefgXYZ \t1,.", max_size=200)
+)
+def test_count_tokens_equals_its_rule(text: str) -> None:
+    """The fast counter (C string methods for ASCII) counts exactly what the rule says."""
+    assert count_tokens(text) == _counted_by_the_rule(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80) | st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
+def test_word_split_equals_the_documented_regex(text: str) -> None:
+    """Scoring's words (C string methods for ASCII) are the documented regex's tokens."""
+    assert scoring._words(text) == scoring._WORD.findall(text.lower())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=80), st.sampled_from([None, "", "Rank."]))
+def test_pair_scorer_equals_score(query: str, document: str, instruct: str | None) -> None:
+    """The per-query scorer the server uses gives exactly :func:`score`'s value."""
+    assert pair_scorer(query, model="qwen3-rerank", instruct=instruct)(document) == score(
+        query, document, model="qwen3-rerank", instruct=instruct
+    )
 
 
 # --- auth --------------------------------------------------------------------------------------

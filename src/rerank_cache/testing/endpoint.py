@@ -18,7 +18,7 @@ from ..wire_rules import documents_problem, missing_parameter, parameters_proble
 from .faults import FaultQueue, apply_malform
 from .limits import ModelLimits
 from .records import Recorder
-from .scoring import count_tokens, score
+from .scoring import count_tokens, pair_scorer
 from .wire import (
     INVALID_API_KEY,
     RERANK_PATH,
@@ -241,7 +241,7 @@ def rerank(payload: object, limits: Mapping[str, ModelLimits]) -> tuple[Reply, i
         )
     total_tokens = request_tokens + (count_tokens(instruct) if instruct is not None else 0)
 
-    scores = [score(query, doc, model=model, instruct=instruct) for doc in documents]
+    scores = list(map(pair_scorer(query, model=model, instruct=instruct), documents))
     order = sorted(range(n), key=lambda i: (-scores[i], i))
     if top_n is not None:
         order = order[:top_n]
