@@ -21,9 +21,20 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from pydantic import ValidationError
 
-from rerank_cache import CachedReRanker, Doc, LineWarmed, QwenReRanker, ScoreCache
+from rerank_cache import (
+    CachedReRanker,
+    CacheStats,
+    Doc,
+    LineWarmed,
+    QwenReRanker,
+    ScoreCache,
+    read_stats,
+)
 from rerank_cache.cli import WarmProgress, main
+from rerank_cache.cli.stats import stats_json
+from rerank_cache.stores.stats import STATS_SCHEMA_VERSION, WarmStats
 from rerank_cache.testing import DashScopeServer
 
 from .helpers import API_KEY, ROOT, log_lines, run_python, write_log
@@ -140,7 +151,7 @@ def test_stats_match_server_counts(
     assert main(["--cache-dir", str(env), "stats", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     srv = server.stats
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["api_requests"] == srv.ok_requests
     assert data["documents_sent"] == srv.documents == 96
     assert data["tokens_billed"] == srv.tokens  # warming is on the bill
@@ -174,6 +185,56 @@ def test_stats_match_server_counts(
     assert "hit rate                  100.0%" in table
     assert "    lines                   24" in table
     assert "qwen3-rerank" in table
+
+
+#: ``CacheStats.model_dump(mode="json")`` of schema version 1: hits included warming's
+#: lookups, and there was no ``warm``.
+STATS_V1: dict[str, Any] = {
+    "schema_version": 1,
+    "directory": "/var/cache/rerank-cache",
+    "entries": 2,
+    "expired_entries": 0,
+    "size_bytes": 32768,
+    "hits": 4,
+    "misses": 2,
+    "hit_rate": 4 / 6,
+    "api_requests": 1,
+    "documents_sent": 2,
+    "tokens_billed": 40,
+    "duplicate_sends": 0,
+    "store_errors": 0,
+    "fallbacks": 0,
+    "stale_served": 0,
+    "oldest_entry": "2026-01-01T00:00:00Z",
+    "newest_entry": "2026-01-01T00:00:00Z",
+    "models": {
+        "gte-rerank-v2": {
+            "entries": 2,
+            "hits": 4,
+            "misses": 2,
+            "api_requests": 1,
+            "documents_sent": 2,
+            "tokens_billed": 40,
+            "duplicate_sends": 0,
+            "fallbacks": 0,
+            "stale_served": 0,
+        }
+    },
+}
+
+
+def test_stats_schema_version_1_is_read_back_as_1(tmp_path: Path) -> None:
+    """A version 1 dump validates and stays 1 (stats --json of it too); 3 is refused."""
+    old = CacheStats.model_validate_json(json.dumps(STATS_V1))
+    assert old.schema_version == 1
+    assert old.warm == WarmStats()
+    assert old.models["gte-rerank-v2"].warm == WarmStats()
+    assert stats_json(old)["schema_version"] == 1
+    current = read_stats(tmp_path / "empty")
+    assert current.schema_version == STATS_SCHEMA_VERSION == 2
+    assert CacheStats.model_validate_json(current.model_dump_json()) == current
+    with pytest.raises(ValidationError, match="schema_version"):
+        CacheStats.model_validate({**STATS_V1, "schema_version": 3})
 
 
 def test_stats_is_read_only(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

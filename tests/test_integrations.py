@@ -20,11 +20,17 @@ import pytest
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.load import dumpd, dumps
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.tracers.base import BaseTracer
+from langchain_core.tracers.schemas import Run
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from rerank_cache import AuthenticationError, ScoreCache, close_async_sessions
 from rerank_cache.integrations import langchain as lc
@@ -248,15 +254,63 @@ def test_cache_setting_never_shown(make: Callable[..., Any], tmp_path: Path) -> 
         assert "hunter2" not in text
 
 
+#: A base_url with a password and a token; serialized forms must show neither, nor the key.
+SECRET_URL_PATH = "/api/v1?token=abc"
+SECRETS = ("s3cret", "abc", "sk-very-secret-key")
+
+
+def secret_url(server: DashScopeServer) -> str:
+    """The local server's address with a password and a token in it."""
+    host = server.base_url.removeprefix("http://").removesuffix("/api/v1")
+    return f"http://user:s3cret@{host}{SECRET_URL_PATH}"
+
+
+def assert_no_secret(forms: dict[str, object]) -> None:
+    """None of ``forms`` (name: serialized form) shows a password, token or the key."""
+    for name, form in forms.items():
+        text = form if isinstance(form, str) else repr(form)
+        leaked = [secret for secret in SECRETS if secret in text]
+        assert not leaked, f"{name} shows {leaked}: {text}"
+
+
 def test_base_url_credentials_never_shown(
     make: Callable[..., Any], server: DashScopeServer
 ) -> None:
-    """A password in base_url is redacted in repr and str; the adapter still uses it."""
-    url = server.base_url.replace("http://", "http://app:hunter2-pw@")
+    """repr, str and every pydantic dump redact base_url and leave the key out."""
+    url = secret_url(server)
+    reranker = make(api_key="sk-very-secret-key", base_url=url)
+    dumped = reranker.model_dump()
+    assert dumped["base_url"] == "http://user:***@" + url.split("@")[1].replace("abc", "***")
+    assert "api_key" not in dumped
+    assert "cache" not in dumped
+    assert "user:***@" in repr(reranker)
+    assert_no_secret(
+        {
+            "repr": repr(reranker),
+            "str": str(reranker),
+            "model_dump": dumped,
+            "model_dump(json)": reranker.model_dump(mode="json"),
+            "model_dump(round_trip)": reranker.model_dump(round_trip=True),
+            "model_dump_json": reranker.model_dump_json(),
+            # What LangSmith's tracing calls for a pydantic model, bypassing model_dump.
+            "core serializer": type(reranker).__pydantic_serializer__.to_python(
+                reranker, mode="json"
+            ),
+        }
+    )
+    assert reranker.base_url == url
+
+
+def test_reranks_through_a_base_url_with_credentials(
+    make: Callable[..., Any], adapter: tuple[Any, Any, Any], server: DashScopeServer
+) -> None:
+    """Requests go to the real base_url, password included, whatever dumps show."""
+    url = server.base_url.replace("http://", "http://user:s3cret@")
     reranker = make(base_url=url)
-    for text in (repr(reranker), str(reranker)):
-        assert "hunter2-pw" not in text
-        assert "app:***@" in text
+    reranker.model_dump_json()
+    got = adapter[1](reranker, TEXTS, QUERY)
+    assert [relevance for _, relevance in got] == expected(TEXTS)[:3]
+    assert server.requests_log[-1].path.endswith("/text-rerank/text-rerank")
     assert reranker.base_url == url
 
 
@@ -450,6 +504,50 @@ def test_langchain_inside_contextual_compression_retriever(
     assert len(server.requests_log) == 1
 
 
+class RunCollector(BaseTracer):
+    """A LangChain tracer that keeps every finished run, as LangSmith's tracer receives it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[Run] = []
+
+    def _persist_run(self, run: Run) -> None:
+        self.runs.append(run)
+
+
+def test_langchain_serialization_hides_url_credentials_and_key(
+    server: DashScopeServer, cache: ScoreCache
+) -> None:
+    """dumpd, dumps, a retriever's dumps and a traced run show no password, token or key."""
+    password_url = server.base_url.replace("http://", "http://user:s3cret@")
+    compressor = lc.CachedDashScopeRerank(
+        api_key="sk-very-secret-key", base_url=password_url, cache=cache
+    )
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor,
+        base_retriever=ListRetriever(docs=[Document(page_content=t) for t in TEXTS]),
+    )
+    tracer = RunCollector()
+    assert retriever.invoke(QUERY, config={"callbacks": [tracer]})
+    (run,) = tracer.runs
+    shown = lc.CachedDashScopeRerank(
+        api_key="sk-very-secret-key", base_url=secret_url(server), cache=cache
+    )
+    assert_no_secret(
+        {
+            "dumpd": dumpd(shown),
+            "dumps": dumps(shown, pretty=True),
+            "retriever dumpd": dumpd(retriever),
+            "retriever dumps": dumps(retriever),
+            "retriever model_dump_json": retriever.model_dump_json(),
+            "traced run": run.model_dump_json(),
+        }
+    )
+    # Not lc-serializable: both dumps carry the repr, which shows the URL redacted.
+    assert "user:***@" in dumps(shown)
+    assert "user:***@" in dumps(retriever)
+
+
 # -- LlamaIndex --------------------------------------------------------------------------------
 
 
@@ -541,6 +639,60 @@ def test_llama_index_reports_a_reranking_event(server: DashScopeServer, cache: S
     assert rest == []
     assert end.payload is not None
     assert [n.score for n in end.payload["nodes"]] == [n.score for n in out]
+
+
+class EventDumps(BaseEventHandler):
+    """A LlamaIndex instrumentation handler that serializes every event it sees."""
+
+    dumps: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The handler's name."""
+        return "EventDumps"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        """Keep the event's JSON form, as an exporting handler would."""
+        self.dumps.append(event.model_dump_json())
+
+
+def test_llama_index_serialization_hides_url_credentials_and_key(
+    server: DashScopeServer, cache: ScoreCache
+) -> None:
+    """to_dict, to_json, dict, json, callback payloads and events show no secret."""
+    debug = LlamaDebugHandler()
+    reranker = li.CachedDashScopeRerank(
+        api_key="sk-very-secret-key",
+        base_url=server.base_url.replace("http://", "http://user:s3cret@"),
+        cache=cache,
+        callback_manager=CallbackManager([debug]),
+    )
+    events = EventDumps()
+    root = get_dispatcher()
+    root.add_event_handler(events)
+    try:
+        reranker.postprocess_nodes(
+            [NodeWithScore(node=TextNode(text=t)) for t in TEXTS], query_str=QUERY
+        )
+    finally:
+        root.event_handlers.remove(events)
+    assert len(events.dumps) >= 2  # ReRankStartEvent and ReRankEndEvent at least
+    shown = li.CachedDashScopeRerank(
+        api_key="sk-very-secret-key", base_url=secret_url(server), cache=cache
+    )
+    assert_no_secret(
+        {
+            "to_dict": shown.to_dict(),
+            "to_json": shown.to_json(),
+            "dict": shown.dict(),
+            "json": shown.json(),
+            "callback payloads": [pair.payload for pair in debug.get_events()],
+            "events": events.dumps,
+            "reranking adapter to_json": reranker.to_json(),
+        }
+    )
+    assert shown.to_dict()["class_name"] == "CachedDashScopeRerank"
+    assert "user:***@" in shown.to_json()
 
 
 USER_CODE = """

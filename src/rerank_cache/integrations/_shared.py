@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    field_serializer,
     field_validator,
 )
 
@@ -164,7 +165,8 @@ class CachedSettings(BaseModel):
         description="DashScope API key (default: DASHSCOPE_API_KEY).",
     )
     instruct: str | None = Field(default=None, frozen=True, description="Task instruction.")
-    # Shown redacted by __repr_args__: a base_url may carry credentials.
+    # A base_url may carry credentials: repr (__repr_args__) and every dump (_shown_url)
+    # show it redacted, while requests use the real one.
     base_url: str | None = Field(
         default=None, frozen=True, repr=False, description="API base address."
     )
@@ -184,6 +186,12 @@ class CachedSettings(BaseModel):
         yield from super().__repr_args__()
         if self.base_url is not None:
             yield "base_url", redact_url(self.base_url)
+
+    @field_serializer("base_url")
+    def _shown_url(self, value: str | None) -> str | None:
+        # In pydantic's core serializer, so model_dump(_json), LlamaIndex's to_dict/to_json
+        # and LangSmith's tracing (which calls that serializer directly) all redact it.
+        return None if value is None else redact_url(value)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,8 +23,10 @@ __all__ = [
     "build_stats",
 ]
 
-#: Version of the ``stats()`` / ``--json`` schema.
-STATS_SCHEMA_VERSION = 1
+#: Version of the ``stats()`` / ``--json`` schema. 2: ``hits``, ``misses``, ``hit_rate`` and the
+#: savings count applications' lookups only, warming's are in ``warm``; in 1 they included
+#: warming's and there was no ``warm``.
+STATS_SCHEMA_VERSION: Final = 2
 #: The usage counters every store keeps per model (``store_errors`` under the model ``""``).
 COUNTER_NAMES = (
     "hits",
@@ -100,11 +103,15 @@ class CacheStats(BaseModel):
     that another process had stored in the meantime; ``store_errors`` counts storage
     operations that failed open; ``stale_served`` counts scores past their ttl served
     because DashScope failed (``on_error="stale"``).
+
+    ``schema_version`` is :data:`STATS_SCHEMA_VERSION` for stats a store builds. A version 1
+    dump validates, keeping its 1 (its ``hits`` include warming's lookups; ``warm`` reads as
+    zeros), so it is never mistaken for version 2; any other version is refused.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    schema_version: int = STATS_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = STATS_SCHEMA_VERSION
     directory: str
     entries: int
     expired_entries: int
