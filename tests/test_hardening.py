@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope.api_entities.aio_session import close_shared_aio_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -232,6 +234,52 @@ def test_credentials_in_base_url_are_never_shown(password: str) -> None:
     assert handler.lines, "the retry warning was logged"
     for text in shown:
         assert password not in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/api/v1?token=S3cr3tToken",
+        "https://user:S3cr3tToken@dashscope.aliyuncs.com/api/v1#frag",
+        "dashscope.aliyuncs.com/api/v1",
+        "ftp://dashscope.aliyuncs.com/api/v1",
+        "http:///api/v1",
+        "http://127.0.0.1:port/api/v1",
+    ],
+)
+def test_a_base_url_requests_cannot_go_to_is_refused_at_build(url: str) -> None:
+    """No scheme, another scheme, no host, a bad port, a query string or a fragment (the
+    API's path would be appended after it): a ConfigurationError when the reranker is built,
+    saying why, with no secret in it."""
+    from rerank_cache import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="base_url") as info:
+        QwenReRanker("q", rerank_field="content", api_key=API_KEY, base_url=url)
+    assert "S3cr3tToken" not in str(info.value)
+
+
+def test_user_info_in_base_url_is_not_sent_sync_or_async(server: DashScopeServer) -> None:
+    """A user:password in base_url is dropped before sending (DashScope takes the API key):
+    the sync and the async path both reach the server, which sees the key, and nothing
+    shows the password."""
+    import hashlib
+
+    host = server.base_url.removeprefix("http://")
+    reranker = QwenReRanker(
+        "q", rerank_field="content", api_key=API_KEY, base_url=f"http://user:S3cr3tPw@{host}"
+    )
+    assert len(reranker.rerank([make_docs(2)])) == 2
+
+    async def arerank() -> list[Any]:
+        try:
+            return await reranker.arerank([make_docs(3)])
+        finally:
+            await close_shared_aio_session()  # no connection outlives the test
+
+    assert len(asyncio.run(arerank())) == 3
+    fingerprint = hashlib.sha256(API_KEY.encode()).hexdigest()[:8]
+    assert [r.api_key_fingerprint for r in server.requests_log] == [fingerprint] * 2
+    assert "S3cr3tPw" not in repr(reranker) + reranker.base_url
 
 
 class _Collect(logging.Handler):

@@ -255,12 +255,12 @@ def test_cache_setting_never_shown(make: Callable[..., Any], tmp_path: Path) -> 
 
 
 #: A base_url with a password and a token; serialized forms must show neither, nor the key.
-SECRET_URL_PATH = "/api/v1?token=abc"
-SECRETS = ("s3cret", "abc", "sk-very-secret-key")
+SECRET_URL_PATH = "/api/v1"
+SECRETS = ("s3cret", "sk-very-secret-key")
 
 
 def secret_url(server: DashScopeServer) -> str:
-    """The local server's address with a password and a token in it."""
+    """The local server's address with a password in it (a query string is refused)."""
     host = server.base_url.removeprefix("http://").removesuffix("/api/v1")
     return f"http://user:s3cret@{host}{SECRET_URL_PATH}"
 
@@ -280,7 +280,7 @@ def test_base_url_credentials_never_shown(
     url = secret_url(server)
     reranker = make(api_key="sk-very-secret-key", base_url=url)
     dumped = reranker.model_dump()
-    assert dumped["base_url"] == "http://user:***@" + url.split("@")[1].replace("abc", "***")
+    assert dumped["base_url"] == "http://user:***@" + url.split("@")[1]
     assert "api_key" not in dumped
     assert "cache" not in dumped
     assert "user:***@" in repr(reranker)

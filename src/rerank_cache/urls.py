@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SECRET_PARAM", "redact_url", "url_secrets"]
+from .errors import ConfigurationError
+
+__all__ = ["SECRET_PARAM", "api_address", "redact_url", "url_secrets"]
 
 #: Query parameter names whose values are treated as secrets.
 SECRET_PARAM = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
@@ -62,3 +64,38 @@ def url_secrets(url: str) -> tuple[str, ...]:
         )
         if s
     )
+
+
+def api_address(base_url: str) -> str:
+    """Return the address rerank requests are sent to, for a ``base_url`` as given.
+
+    The SDK appends the endpoint's path to it, so it must be a plain ``http(s)://host/path``:
+    a query string or fragment would end up in front of the path. A ``user:password@`` part
+    is dropped: DashScope authenticates with the API key, and an HTTP client would either
+    send it in place of the key or refuse the request.
+
+    Raises:
+        ConfigurationError: not an ``http``/``https`` URL with a host, or it has a query
+            string or fragment (the message shows the URL redacted).
+
+    Example:
+        >>> api_address("https://user:secret@dashscope-intl.aliyuncs.com/api/v1/")
+        'https://dashscope-intl.aliyuncs.com/api/v1/'
+    """
+    shown = redact_url(base_url)
+    try:
+        parts = urlsplit(base_url.strip())
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"base_url is not a valid URL: {shown!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"base_url must be an http:// or https:// URL with a host, got {shown!r} "
+            "(e.g. https://dashscope-intl.aliyuncs.com/api/v1)"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"base_url must not have a query string or fragment, got {shown!r}: the API's "
+            "path is appended to it"
+        )
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -32,7 +32,7 @@ from ..errors import ConfigurationError, DashScopeError
 from ..keys import scorer_id
 from ..planning import ModelLimits, iter_batches
 from ..ratelimit import RateLimiter
-from ..urls import redact_url
+from ..urls import api_address, redact_url
 from .responses import check, translate
 from .results import BatchResult, ScoreResult, UsageTotals
 from .retry import Attempts, RetryableError, RetryLog, RetryPolicy, overall_deadline
@@ -92,7 +92,7 @@ class DashScopeClient:
             raise ConfigurationError("max_concurrency must be at least 1")
         self._api_key = api_key
         self.model = model
-        self._base_url = base_url  # may hold credentials: sent, never shown
+        self._base_url = api_address(base_url)  # what requests go to (no user info)
         #: The API base address as shown in messages, logs and reprs (credentials redacted).
         self.base_url = redact_url(base_url)
         #: Who scores this client's requests: part of every cache key (see keys.scorer_id).
