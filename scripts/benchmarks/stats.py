@@ -34,8 +34,10 @@ def build_big_cache(directory: Path, entries: int) -> float | None:
     """
     models = ("gte-rerank-v2",) * 7 + ("qwen3-rerank",) * 2 + ("qwen3-vl-rerank",)
     with ScoreCache(directory) as cache:
-        if cache.count() >= entries:
+        if read_stats(directory).entries >= entries:
             return None
+        if cache.count():  # scores under an older key format: stats would count none of them
+            cache.clear()
         log(f"building a {entries:,}-entry cache in {directory} (once; reused later)")
         started = time.perf_counter()
         rng = random.Random(SEED + 6)
