@@ -186,19 +186,6 @@ def test_a_pair_stored_between_first_read_and_claim_is_not_sent_again(
         )
 
 
-def test_the_second_read_is_skipped_when_no_claim_was_released_meanwhile(
-    make_reranker: Callable[..., QwenReRanker], tmp_path: Path, server: DashScopeServer
-) -> None:
-    """One cold call alone reads the store once: nothing could have landed since."""
-    with _CountingCache(tmp_path / "scores") as cache:
-        r = cached(make_reranker, cache)
-        r.rerank([make_docs(6)])
-        assert (cache.reads, server.stats.requests) == (1, 1)
-        with_claims = CachedReRanker(r.reranker.with_query("another query"), cache, claims=True)
-        with_claims.rerank([make_docs(6)])
-        assert cache.reads == 3  # with claims, another process may have stored: read again
-
-
 def test_waiters_share_the_owners_failure(
     make_reranker: Callable[..., QwenReRanker],
     cache: ScoreCache,

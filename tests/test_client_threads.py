@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rerank_cache import ModelLimits, QwenReRanker, ScoreCache
+from rerank_cache.client.core import MIN_POOL_SIZE
 from rerank_cache.testing import DashScopeServer
 
 from .helpers import API_KEY, cached, make_docs, run_threads
@@ -66,6 +67,48 @@ def test_close_stops_the_threads_and_the_reranker_stays_usable(
         assert second
     assert not any(t.is_alive() for t in second)
     assert server.stats.ok_requests == 6
+
+
+def test_close_while_other_threads_rerank_lets_them_all_finish(
+    make_reranker: Callable[..., QwenReRanker], server: DashScopeServer
+) -> None:
+    """close() (or leaving a with_query copy's ``with``) while other threads' requests are
+    queued on the shared threads: every call finishes with all its documents; none hangs
+    or fails, and the client is left usable."""
+    server.latency = 0.3
+    base = make_reranker(limits=SMALL, max_concurrency=8)  # 12 calls x 8 > the 64 threads
+    started = threading.Barrier(13)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def rerank(seed: int) -> None:
+        started.wait()
+        out = base.with_query(f"query {seed}").rerank([make_docs(16, seed=seed)], 16)
+        with lock:
+            results.append(len(out))
+
+    def close_twice() -> None:
+        started.wait()
+        # Once every pool thread holds a request, the rest are queued behind them: close then.
+        deadline = time.monotonic() + 60
+        while server.stats.max_in_flight < MIN_POOL_SIZE and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with base.with_query("closer"):
+            pass  # leaving it closes the client all copies share
+        base.close()
+
+    # Daemons: a call that hangs must fail this test, not keep the test process alive.
+    threads = [threading.Thread(target=rerank, args=(seed,), daemon=True) for seed in range(12)]
+    threads.append(threading.Thread(target=close_twice, daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)  # a hang detector, not a timing
+    assert not any(t.is_alive() for t in threads), "a call hung after close()"
+    assert results == [16] * 12
+    assert server.stats.documents == 12 * 16
+    assert len(base.rerank([make_docs(4, seed=99)], 4)) == 4
+    base.close()
 
 
 def test_max_concurrency_bounds_each_call(

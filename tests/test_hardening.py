@@ -245,6 +245,9 @@ def test_credentials_in_base_url_are_never_shown(password: str) -> None:
         "ftp://dashscope.aliyuncs.com/api/v1",
         "http:///api/v1",
         "http://127.0.0.1:port/api/v1",
+        "http://ho st:1/api/v1",
+        "http://host\x00:1/api/v1",
+        "https://dashscope.aliyuncs.com\\@evil.example/api/v1",
     ],
 )
 def test_a_base_url_requests_cannot_go_to_is_refused_at_build(url: str) -> None:

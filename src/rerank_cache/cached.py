@@ -197,7 +197,6 @@ class CachedReRanker(RerankMethods):
         keys = self._key_builder(model, reranker.instruct, reranker.query, reranker.scorer_id).keys(
             texts
         )
-        read_at = self._flights.generation  # before the read: see _needs_late_read
         found = cache.get_many(keys)
         scores, pending = _split(texts, keys, found)
         # Counted before fetching, so the fetch's write transaction publishes the counts.
@@ -206,7 +205,7 @@ class CachedReRanker(RerankMethods):
         if pending:
             key_of = dict(zip(texts, keys, strict=True))
             try:
-                self._fetch(pending, key_of, scores, sent, on_batch, read_at)
+                self._fetch(pending, key_of, scores, sent, on_batch)
             except DashScopeError as exc:
                 missing = self._still_missing(exc, pending, scores)
                 stale = cache.get_stale_many(missing)
@@ -231,7 +230,6 @@ class CachedReRanker(RerankMethods):
         keys = self._key_builder(model, reranker.instruct, reranker.query, reranker.scorer_id).keys(
             texts
         )
-        read_at = self._flights.generation  # before the read: see _needs_late_read
         found = await asyncio.to_thread(cache.get_many, keys)
         scores, pending = _split(texts, keys, found)
         cache.record_lookup(model, hits=len(scores), misses=len(pending))  # memory only
@@ -239,7 +237,7 @@ class CachedReRanker(RerankMethods):
         if pending:
             key_of = dict(zip(texts, keys, strict=True))
             try:
-                await self._afetch(pending, key_of, scores, sent, on_batch, read_at)
+                await self._afetch(pending, key_of, scores, sent, on_batch)
             except DashScopeError as exc:
                 missing = self._still_missing(exc, pending, scores)
                 stale = await asyncio.to_thread(cache.get_stale_many, missing)
@@ -253,7 +251,6 @@ class CachedReRanker(RerankMethods):
         scores: dict[str, float],
         sent: list[BatchResult],
         on_batch: Callable[[BatchResult], Awaitable[None]] | None,
-        read_at: int | None,
     ) -> None:
         """The asyncio twin of :meth:`_fetch`."""
         cache, flights, claims = self._cache, self._flights, self._claims
@@ -274,11 +271,7 @@ class CachedReRanker(RerankMethods):
                         else await asyncio.to_thread(_claim, claims, mine)
                     )
                     try:
-                        late = (
-                            await asyncio.to_thread(cache.get_many, ours)
-                            if self._needs_late_read(read_at)
-                            else {}
-                        )
+                        late = await asyncio.to_thread(cache.get_many, ours)
                         self._take_late(late, pending, scores)
                         to_send = [pending[key] for key in ours if key not in late]
                         if to_send:
@@ -297,7 +290,6 @@ class CachedReRanker(RerankMethods):
             for key, flight in theirs.items():
                 await flight.ajoin()
                 self._take_landed(key, flight, pending, scores)
-            read_at = None  # a later round follows waits: read what it claims again
 
     def _fetch(
         self,
@@ -306,12 +298,8 @@ class CachedReRanker(RerankMethods):
         scores: dict[str, float],
         sent: list[BatchResult],
         on_batch: Callable[[BatchResult], None] | None,
-        read_at: int | None,
     ) -> None:
-        """Fill ``scores`` for ``pending`` (key -> text), sending each miss once.
-
-        ``read_at`` is the single flight's generation taken before ``pending`` was read
-        from the store (None: unknown)."""
+        """Fill ``scores`` for ``pending`` (key -> text), sending each miss once."""
         cache, flights, claims = self._cache, self._flights, self._claims
 
         def stored(batch: BatchResult) -> None:
@@ -328,7 +316,7 @@ class CachedReRanker(RerankMethods):
                     ours, elsewhere = (mine, []) if claims is None else _claim(claims, mine)
                     try:
                         # Another thread or process may have stored some since our first read.
-                        late = cache.get_many(ours) if self._needs_late_read(read_at) else {}
+                        late = cache.get_many(ours)
                         self._take_late(late, pending, scores)
                         to_send = [pending[key] for key in ours if key not in late]
                         if to_send:
@@ -349,20 +337,9 @@ class CachedReRanker(RerankMethods):
             for key, flight in theirs.items():
                 flight.join()
                 self._take_landed(key, flight, pending, scores)
-            read_at = None  # a later round follows waits: read what it claims again
             # Keys whose owner was cancelled stay pending: this thread claims them next round.
 
     # -- shared by the sync and async paths ----------------------------------------------
-
-    def _needs_late_read(self, read_at: int | None) -> bool:
-        """Whether keys just claimed must be read from the store again before sending.
-
-        A thread (or task) that stored one of them after our first read had released its
-        claim before ours (else we would wait on its flight): our first read missed it. If no
-        claim of this registry was released since that read began, no such store happened
-        here. Another process's store is only ruled out by claims; with them on, read again.
-        """
-        return read_at is None or self._claims is not None or self._flights.released_since(read_at)
 
     @staticmethod
     def _fresh(batch: BatchResult, key_of: dict[str, str]) -> dict[str, float]:

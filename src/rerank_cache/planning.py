@@ -303,14 +303,15 @@ def _doc_lists(query_results: Any) -> Iterator[tuple[Any, Sequence[Any]]]:
         yield position, docs
 
 
-def _place(position: Any, index: int) -> str:
+def _place(position: Any, index: int | str) -> str:
     """Where a document sits in the input, as the caller would index it."""
     return f"query_results[{position!r}][{index}]"
 
 
-def _index_of(docs: Sequence[Any], doc: Any) -> int:
-    """The position of ``doc`` (this very object) in ``docs``."""
-    return next(index for index, other in enumerate(docs) if other is doc)
+def _index_of(docs: Sequence[Any], doc: Any) -> int | str:
+    """The position of ``doc`` (this very object) in ``docs``; ``"?"`` if it is gone (a
+    ``field()`` that changed its own list)."""
+    return next((index for index, other in enumerate(docs) if other is doc), "?")
 
 
 def _unusable(doc: Any, rerank_field: str, where: str, exc: Exception) -> ConfigurationError:

@@ -91,20 +91,6 @@ class SingleFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, Flight] = {}
-        self._releases = 0  # claims released so far (see generation)
-
-    @property
-    def generation(self) -> int:
-        """A count of released claims: read it before looking keys up in the store, and
-        :meth:`released_since` tells whether a key could have been stored and released by
-        another thread or task of this registry between that read and a later claim."""
-        # No lock: one attribute read is atomic, and this is on every call's hit path.
-        return self._releases
-
-    def released_since(self, generation: int) -> bool:
-        """Whether a claim was released after :attr:`generation` returned ``generation``."""
-        with self._lock:
-            return self._releases != generation
 
     @contextmanager
     def claim(self, keys: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Flight]]]:
@@ -132,7 +118,6 @@ class SingleFlight:
             raise
         finally:
             with self._lock:
-                self._releases += bool(mine)
                 for key, flight in mine.items():
                     if self._flights.get(key) is flight:
                         del self._flights[key]

@@ -93,6 +93,10 @@ def api_address(base_url: str) -> str:
             f"base_url must be an http:// or https:// URL with a host, got {shown!r} "
             "(e.g. https://dashscope-intl.aliyuncs.com/api/v1)"
         )
+    if any(c.isspace() or not c.isprintable() or c == "\\" for c in parts.netloc):
+        raise ConfigurationError(
+            f"base_url has a space, control character or backslash in its host, got {shown!r}"
+        )
     if parts.query or parts.fragment:
         raise ConfigurationError(
             f"base_url must not have a query string or fragment, got {shown!r}: the API's "

@@ -109,6 +109,7 @@ class DashScopeClient:
         self._retry_log = RetryLog()
         self._session: Any = None  # a requests.Session sized for max_concurrency, made lazily
         self._pool: ThreadPoolExecutor | None = None  # the sync path's request threads, lazily
+        self._finalizers: list[weakref.finalize[Any, Any]] = []  # closing the two above
         self._owner_pid = 0  # the process that made the session and the pool
         self._async_ready = False
         # The SDK takes a few tenths of a second to import: pay it when a reranker is built
@@ -125,14 +126,20 @@ class DashScopeClient:
     def close(self) -> None:
         """Stop this client's request threads and close its connections.
 
-        Idempotent. The client stays usable: a later call starts new threads and opens new
-        connections. Calls still running on other threads when it is closed may fail.
+        Idempotent; waits for the requests the threads already hold. The client stays
+        usable: a later call starts new threads and opens new connections. Calls running on
+        other threads meanwhile finish: the requests they already handed over still run,
+        and their further requests go to new threads.
         """
         with self._lock:
             pool, session = self._pool, self._session
             self._pool = self._session = None
+            finalizers, self._finalizers = self._finalizers, []
+        for finalizer in finalizers:  # done here: they must not keep what they close alive
+            finalizer.detach()
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Not cancelled: another call may be waiting on a queued request of its own.
+            pool.shutdown(wait=True)
         if session is not None:
             session.close()
 
@@ -238,7 +245,7 @@ class DashScopeClient:
         deadline: float | None,
         done: Callable[[BatchResult], None],
     ) -> None:
-        pool = self._executor()
+        pool = [self._executor()]  # a list: _submit replaces it if the client is closed
         pending: set[Future[BatchResult]] = set()
         error: BaseException | None = None
         todo = iter(groups)
@@ -251,7 +258,7 @@ class DashScopeClient:
                 group = next(todo, None)
                 if group is None:
                     return
-                pending.add(pool.submit(self._send, query, group, deadline))
+                pending.add(self._submit(pool, query, group, deadline))
 
         try:
             fill()
@@ -420,8 +427,23 @@ class DashScopeClient:
             self._forget_parent()
             if self._session is None:
                 self._session = pooled_session(self.max_concurrency)
-                weakref.finalize(self, self._session.close)
+                self._finalizers.append(weakref.finalize(self, self._session.close))
             return self._session
+
+    def _submit(
+        self,
+        pool: list[ThreadPoolExecutor],
+        query: str,
+        group: tuple[str, ...],
+        deadline: float | None,
+    ) -> Future[BatchResult]:
+        """Hand one request to ``pool[0]``; if :meth:`close` shut it down meanwhile, to the
+        client's new threads (``pool[0]`` then names them for the rest of the call)."""
+        try:
+            return pool[0].submit(self._send, query, group, deadline)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            pool[0] = self._executor()
+            return pool[0].submit(self._send, query, group, deadline)
 
     def _executor(self) -> ThreadPoolExecutor:
         """This client's request threads, kept across calls (starting threads per call
@@ -436,7 +458,7 @@ class DashScopeClient:
             if self._pool is None:
                 size = max(self.max_concurrency, MIN_POOL_SIZE)
                 self._pool = ThreadPoolExecutor(size, thread_name_prefix="rerank-cache")
-                weakref.finalize(self, self._pool.shutdown, wait=False)
+                self._finalizers.append(weakref.finalize(self, self._pool.shutdown, wait=False))
             return self._pool
 
     def _forget_parent(self) -> None:

@@ -87,14 +87,21 @@ class RedisClaims(Claimer):
             for key in keys:
                 name = self.claim_key(key)
                 pipe.set(name, owner, nx=True, px=self._lease_ms)
+                pipe.get(name)
                 pipe.pttl(name)
-            replies = pipe.execute()
+            # A GET of a planted key of another type fails alone (WRONGTYPE): not ours.
+            replies = pipe.execute(raise_on_error=False)
         except self._store._failures as exc:
             self._warn(f"could not claim {len(keys)} key(s)", exc)
             return set(keys)
         ours, junk = set(), 0
-        for key, taken, ttl_ms in zip(keys, replies[::2], replies[1::2], strict=True):
-            if taken:
+        mine = (owner, owner.encode())  # the value as the client returns it: str or bytes
+        for key, taken, holder, ttl_ms in zip(
+            keys, replies[::3], replies[1::3], replies[2::3], strict=True
+        ):
+            if taken or holder in mine:
+                # Our own claim still held (a release that failed or was cancelled) is ours,
+                # as on disk: waiting on it would last its whole lease.
                 ours.add(key)
             elif ttl_ms == -1:
                 # Every claim expires: a key without expiry is someone else's data, and

@@ -7,10 +7,12 @@ This module is the one place that knows that table's columns (and ``Settings``'s
 ``tests/test_diskcache_schema.py`` pins them, so a diskcache release that changes them
 fails loudly. Each function takes the ``sqlite3`` connection to run on.
 
-Only what :class:`~rerank_cache.stores.safedisk.SafeDisk` writes is ever served: a raw key
-with an inline finite float (the scores' reads check the values they fetch; scans and
-maintenance use ``_SAFE_ROW``). Nothing is unpickled and no file is opened, whatever a row
-holds. Keys are parsed only with what :mod:`rerank_cache.keys` says of their format.
+Only finite floats are ever served as scores, under raw keys: the scores' reads check the
+values they fetch (in Python, after one SELECT), and scans, exports and maintenance use
+``_SAFE_ROW`` (what :class:`~rerank_cache.stores.safedisk.SafeDisk` writes: also mode 1 and
+no file name; ``check`` reports any other row as unsafe). Nothing is unpickled and no file is
+opened, whatever a row holds. Keys are parsed only with what :mod:`rerank_cache.keys` says
+of their format.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ _SAFE_ROW = "raw = 1 AND mode = 1 AND filename IS NULL AND typeof(value) = 'real
 DELETE_CHUNK = 5_000
 _CHUNK = 500  # keys per "IN (...)": well under SQLite's limit of bound parameters
 # The sizes a read's "IN (...)" is padded to (the largest is also its chunk size): at most
-# 1/16 of padding above 128 keys, at most 7 keys below; 40 statements in all.
+# 7 keys of padding up to 128 keys, then at most 15, 31 or 63 (under 12 %); 40 statements.
 _IN_SIZES = (
     *range(8, 129, 8),
     *range(144, 257, 16),
@@ -87,8 +89,6 @@ _IN_SIZES = (
 )
 # The size a chunk of n keys is padded to, by n.
 _IN_SIZE_FOR = [next(size for size in _IN_SIZES if size >= n) for n in range(_IN_SIZES[-1] + 1)]
-# SQLite stores inf as a real too (NaN becomes NULL): only finite values are scores.
-_FINITE = "abs(value) <= 1.7976931348623157e308"
 # A key is KEY_PREFIX + model + ":" + HASH_DIGITS hex digits; SQLite's substr counts from 1.
 _MODEL = f"substr(key, {len(KEY_PREFIX) + 1}, length(key) - {len(KEY_PREFIX) + 1 + HASH_DIGITS})"
 # Bind KEY_PREFIX to the "?": only current-format keys have a model.
