@@ -144,9 +144,13 @@ def _padded(keys: list[str], now: float) -> Iterator[tuple[int, tuple[Any, ...]]
     """
     largest = _IN_SIZES[-1]
     for start in range(0, len(keys), largest):
-        chunk = keys[start : start + largest]
-        size = _IN_SIZE_FOR[len(chunk)]
-        yield size, (*chunk, *[chunk[-1]] * (size - len(chunk)), now)
+        yield _padded_chunk(keys[start : start + largest], now)
+
+
+def _padded_chunk(chunk: list[str], now: float) -> tuple[int, tuple[Any, ...]]:
+    """One chunk (1 to 1,024 keys) of :func:`_padded`: its padded size and its arguments."""
+    size = _IN_SIZE_FOR[len(chunk)]
+    return size, (*chunk, *[chunk[-1]] * (size - len(chunk)), now)
 
 
 # Rows are checked in Python (:func:`_only_scores`), not in the SELECT: a C-level pass over
@@ -180,11 +184,9 @@ _FLOAT = {float}
 
 def get_scores(con: sqlite3.Connection, keys: list[str], now: float) -> dict[str, float]:
     """Live, finite scores of ``keys``, in one ``SELECT ... IN`` per 1,024 keys."""
-    n = len(keys)
-    if 0 < n <= _IN_SIZES[-1]:  # the hit path: one statement, no generator
-        size = _IN_SIZE_FOR[n]
-        rows = con.execute(_GET_SCORES[size], (*keys, *[keys[-1]] * (size - n), now))
-        return _only_scores(dict(rows.fetchall()))
+    if 0 < len(keys) <= _IN_SIZES[-1]:  # the hit path: one statement, no generator
+        size, args = _padded_chunk(keys, now)
+        return _only_scores(dict(con.execute(_GET_SCORES[size], args).fetchall()))
     found: dict[str, Any] = {}
     for size, args in _padded(keys, now):
         found.update(con.execute(_GET_SCORES[size], args).fetchall())
